@@ -1,0 +1,289 @@
+"""Word-level sentences to word pieces, and word-piece predictions back to words.
+
+One encoder serves both taggers, training and inference.  It calls the
+transformer's fast tokenizer once for a whole list of sentences
+(``is_split_into_words=True``) and reads ``word_ids()`` to know which pieces
+belong to which word.
+
+Conventions (the same everywhere in the project):
+
+* the first piece of a word carries the word's tag; continuation pieces carry
+  ``I-X`` for a ``B-X``/``I-X`` word and ``O`` for an ``O`` word, or -100 when
+  ``label_all_pieces`` is off; special tokens, padding and context get -100;
+* a word is predicted from its first piece;
+* a word that the tokenizer turns into no piece at all (zero-width or control
+  characters) is encoded as ``[UNK]`` so that it still gets a prediction;
+* a sentence longer than the model's window is split into overlapping windows;
+  each word is *owned* by exactly one window (the one where it has the most
+  context on both sides), only owned words are labelled and predicted;
+* optional document context (FLERT): pieces of the neighbouring sentences of
+  the same document are added left and right as unlabelled context.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Sequence
+
+from .data import OUTSIDE, Sentence, split_tag
+
+IGNORE_INDEX = -100
+
+# Casing classes of a word, computed from the original text (the default encoder is uncased).
+CASING_CLASSES = ("pad", "lower", "title", "upper", "mixed", "digits", "other")
+CASE_PAD, CASE_LOWER, CASE_TITLE, CASE_UPPER, CASE_MIXED, CASE_DIGITS, CASE_OTHER = range(7)
+
+
+def casing_class(word: str) -> int:
+    """The casing class of a word: all-lower / Title / ALL-CAPS / mixed / digits / other."""
+    letters = [c for c in word if c.isalpha()]
+    if not letters:
+        return CASE_DIGITS if any(c.isdigit() for c in word) else CASE_OTHER
+    if all(c.islower() for c in letters):
+        return CASE_LOWER
+    if all(c.isupper() for c in letters):
+        # a one-letter capital ("I", "A") reads as Title, not shouting
+        return CASE_TITLE if len(letters) == 1 else CASE_UPPER
+    if letters[0].isupper() and all(c.islower() for c in letters[1:]):
+        return CASE_TITLE
+    return CASE_MIXED
+
+
+@dataclass
+class EncodedWindow:
+    """One model input: a window of one sentence, with optional context.
+
+    Per piece: ``input_ids``; ``labels`` (-100 where not trained);
+    ``casing`` (casing class of the word the piece comes from; 0 for specials);
+    ``word_index`` (the word's position in the sentence on the first piece of
+    each owned word, else -1); ``scored`` (1 on the pieces the tagger scores:
+    owned words' first pieces, and their continuation pieces when
+    ``label_all_pieces``).
+    """
+
+    sentence: int
+    input_ids: list[int]
+    labels: list[int]
+    casing: list[int]
+    word_index: list[int]
+    scored: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def plan_windows(piece_counts: Sequence[int], budget: int, stride: float = 0.5) -> list[tuple[int, int]]:
+    """Split words into overlapping windows of at most ``budget`` pieces.
+
+    Returns ``[(first_word, end_word), ...]`` (end exclusive) covering all
+    words; consecutive windows start about ``stride * budget`` pieces apart.
+    A single word longer than the budget gets a window of its own (its pieces
+    are cut there; it is still predicted from its first piece).
+    """
+    n = len(piece_counts)
+    if n == 0:
+        return []
+    offsets = [0]
+    for c in piece_counts:
+        offsets.append(offsets[-1] + c)
+    if offsets[-1] <= budget:
+        return [(0, n)]
+    windows = []
+    start = 0
+    step = max(1, int(budget * stride))
+    while True:
+        # furthest end such that pieces(start..end) <= budget, at least one word
+        end = bisect.bisect_right(offsets, offsets[start] + budget) - 1
+        end = max(end, start + 1)
+        windows.append((start, end))
+        if end >= n:
+            return windows
+        nxt = bisect.bisect_right(offsets, offsets[start] + step) - 1
+        nxt = min(max(nxt, start + 1), end)  # advance, never past the end: no gap
+        start = nxt
+
+
+def assign_owners(windows: Sequence[tuple[int, int]], n_words: int) -> list[int]:
+    """For each word, the window that predicts it: the one where it is most central."""
+    owner = [-1] * n_words
+    best = [-1] * n_words
+    for wi, (a, b) in enumerate(windows):
+        for w in range(a, b):
+            margin = min(w - a, b - 1 - w)
+            if margin > best[w]:
+                best[w], owner[w] = margin, wi
+    return owner
+
+
+def align_labels(tags: Sequence[str], pieces_per_word: Sequence[int], label_to_id: dict[str, int],
+                 label_all_pieces: bool = True) -> list[int]:
+    """Word tags to piece labels by the project's rule (see module docstring)."""
+    out = []
+    for tag, n in zip(tags, pieces_per_word):
+        out.append(label_to_id[tag])
+        if n > 1:
+            if label_all_pieces:
+                prefix, etype = split_tag(tag)
+                cont = OUTSIDE if etype is None else f"I-{etype}"
+                out.extend([label_to_id[cont]] * (n - 1))
+            else:
+                out.extend([IGNORE_INDEX] * (n - 1))
+    return out
+
+
+class WordPieceEncoder:
+    """Encodes word-level sentences for both taggers.
+
+    ``labels`` is the ordered tag list (index = class id).  ``max_length``
+    counts special tokens.  ``context_pieces`` > 0 adds up to that many pieces
+    of document context on each side (FLERT-style).
+    """
+
+    def __init__(self, tokenizer, labels: Sequence[str], max_length: int = 512,
+                 label_all_pieces: bool = True, context_pieces: int = 0, window_stride: float = 0.5):
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError("a fast (Rust) tokenizer is needed for word_ids(); got " + type(tokenizer).__name__)
+        self.tokenizer = tokenizer
+        self.labels = list(labels)
+        self.label_to_id = {t: i for i, t in enumerate(self.labels)}
+        model_max = getattr(tokenizer, "model_max_length", max_length) or max_length
+        self.max_length = min(max_length, model_max) if model_max < 1e6 else max_length
+        self.label_all_pieces = label_all_pieces
+        self.context_pieces = context_pieces
+        self.window_stride = window_stride
+        self.cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        self.sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        self.unk_id = tokenizer.unk_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.num_special = int(self.cls_id is not None) + int(self.sep_id is not None)
+
+    # --- pieces ---------------------------------------------------------------------------------
+    def word_pieces(self, sentences: Sequence[Sequence[str]], batch_size: int = 2048) -> list[list[list[int]]]:
+        """Piece ids of every word of every sentence (``[UNK]`` for words with no piece)."""
+        out: list[list[list[int]]] = []
+        for b in range(0, len(sentences), batch_size):
+            batch = [list(s) for s in sentences[b:b + batch_size]]
+            enc = self.tokenizer(batch, is_split_into_words=True, add_special_tokens=False,
+                                 return_attention_mask=False, return_token_type_ids=False)
+            for i, words in enumerate(batch):
+                per_word: list[list[int]] = [[] for _ in words]
+                for pid, wid in zip(enc["input_ids"][i], enc.word_ids(i)):
+                    if wid is not None:
+                        per_word[wid].append(pid)
+                for w in per_word:
+                    if not w:
+                        w.append(self.unk_id)
+                out.append(per_word)
+        return out
+
+    # --- windows --------------------------------------------------------------------------------
+    def encode(self, sentences: Sequence[Sentence], with_labels: bool = True) -> list[EncodedWindow]:
+        """Encode sentences (with their tags when ``with_labels``) into windows.
+
+        Context, when enabled, comes from the neighbouring sentences of the
+        list that share ``doc`` (``None`` docs never share context).
+        """
+        pieces = self.word_pieces([s.tokens for s in sentences])
+        casings = [[casing_class(w) for w in s.tokens] for s in sentences]
+        budget = self.max_length - self.num_special
+        if budget < 1:
+            raise ValueError(f"max_length {self.max_length} leaves no room for word pieces")
+        out: list[EncodedWindow] = []
+        for si, sent in enumerate(sentences):
+            counts = [min(len(p), budget) for p in pieces[si]]
+            windows = plan_windows(counts, budget, self.window_stride)
+            owners = assign_owners(windows, len(counts))
+            tags = sent.tags if with_labels else None
+            if with_labels and tags is None:
+                raise ValueError(f"sentence {sent.index} has no tags")
+            for wi, (a, b) in enumerate(windows):
+                ids: list[int] = []
+                labels: list[int] = []
+                casing: list[int] = []
+                word_index: list[int] = []
+                scored: list[int] = []
+                for w in range(a, b):
+                    wp = pieces[si][w][:budget]
+                    owned = owners[w] == wi
+                    ids.extend(wp)
+                    casing.extend([casings[si][w]] * len(wp))
+                    word_index.append(w if owned else -1)
+                    word_index.extend([-1] * (len(wp) - 1))
+                    scored.append(int(owned))
+                    scored.extend([int(owned and self.label_all_pieces)] * (len(wp) - 1))
+                    if tags is not None and owned:
+                        labels.extend(align_labels([tags[w]], [len(wp)], self.label_to_id, self.label_all_pieces))
+                    else:
+                        labels.extend([IGNORE_INDEX] * len(wp))
+                room = budget - len(ids)
+                if self.context_pieces > 0 and room > 0:
+                    left, left_case = self._context(sentences, pieces, casings, si, -1, min(self.context_pieces, room // 2 + room % 2))
+                    right, right_case = self._context(sentences, pieces, casings, si, +1, min(self.context_pieces, room - len(left)))
+                    n_left, n_right = len(left), len(right)
+                    ids = left + ids + right
+                    casing = left_case + casing + right_case
+                    labels = [IGNORE_INDEX] * n_left + labels + [IGNORE_INDEX] * n_right
+                    word_index = [-1] * n_left + word_index + [-1] * n_right
+                    scored = [0] * n_left + scored + [0] * n_right
+                out.append(self._wrap(si, ids, labels, casing, word_index, scored))
+        return out
+
+    def _context(self, sentences, pieces, casings, si, direction, limit):
+        """Up to ``limit`` pieces of the same document before (-1) or after (+1) sentence ``si``."""
+        ids: list[int] = []
+        case: list[int] = []
+        doc = sentences[si].doc
+        j = si + direction
+        while limit > 0 and doc is not None and 0 <= j < len(sentences) and sentences[j].doc == doc:
+            sent_ids = [p for wp in pieces[j] for p in wp]
+            sent_case = [c for wp, c in zip(pieces[j], casings[j]) for _ in wp]
+            if direction < 0:
+                take = sent_ids[-limit:]
+                ids = take + ids
+                case = sent_case[len(sent_ids) - len(take):] + case
+            else:
+                take = sent_ids[:limit]
+                ids = ids + take
+                case = case + sent_case[:len(take)]
+            limit -= len(take)
+            j += direction
+        return ids, case
+
+    def _wrap(self, si, ids, labels, casing, word_index, scored) -> EncodedWindow:
+        if self.cls_id is not None:
+            ids = [self.cls_id] + ids
+            labels = [IGNORE_INDEX] + labels
+            casing = [CASE_PAD] + casing
+            word_index = [-1] + word_index
+            scored = [0] + scored
+        if self.sep_id is not None:
+            ids = ids + [self.sep_id]
+            labels = labels + [IGNORE_INDEX]
+            casing = casing + [CASE_PAD]
+            word_index = word_index + [-1]
+            scored = scored + [0]
+        return EncodedWindow(si, ids, labels, casing, word_index, scored)
+
+
+def words_from_pieces(windows: Sequence[EncodedWindow], piece_predictions: Sequence[Sequence],
+                      sentence_lengths: Sequence[int]) -> list[list]:
+    """Map per-piece predictions back to one prediction per word.
+
+    ``piece_predictions[k][p]`` is the prediction (a label id, a label, a
+    probability...) for piece ``p`` of window ``k``.  Raises if a word gets no
+    prediction or two: the windows must cover every word exactly once.
+    """
+    out: list[list] = [[None] * n for n in sentence_lengths]
+    seen = [[False] * n for n in sentence_lengths]
+    for win, preds in zip(windows, piece_predictions):
+        for p, w in enumerate(win.word_index):
+            if w >= 0:
+                if seen[win.sentence][w]:
+                    raise AssertionError(f"word {w} of sentence {win.sentence} predicted twice")
+                seen[win.sentence][w] = True
+                out[win.sentence][w] = preds[p]
+    for si, flags in enumerate(seen):
+        if not all(flags):
+            raise AssertionError(f"sentence {si}: words {[i for i, f in enumerate(flags) if not f]} not predicted")
+    return out

@@ -1,0 +1,89 @@
+"""Token accuracy and entity-level precision/recall/F1 (seqeval).
+
+The headline number is seqeval's default mode, which reads tags as conlleval
+does; strict IOB2 mode is reported beside it.  Under DDP the word-level
+predictions of all ranks are gathered and scored once on every rank, so the
+distributed score equals the single-process score (sentences are keyed by
+their index, so none is scored twice).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from seqeval.metrics import classification_report
+from seqeval.scheme import IOB2
+
+from .encoding import IGNORE_INDEX
+
+
+def token_accuracy_counts(predictions, labels) -> tuple[int, int]:
+    """(correct, total) over positions whose label is not -100. Works on tensors or nested lists."""
+    try:
+        import torch
+
+        if isinstance(labels, torch.Tensor):
+            mask = labels != IGNORE_INDEX
+            return int((predictions[mask] == labels[mask]).sum()), int(mask.sum())
+    except ImportError:  # pragma: no cover
+        pass
+    correct = total = 0
+    for p_row, l_row in zip(predictions, labels):
+        for p, l in zip(p_row, l_row):
+            if l != IGNORE_INDEX:
+                total += 1
+                correct += int(p == l)
+    return correct, total
+
+
+def _report(gold, pred, **kwargs) -> dict:
+    return classification_report(gold, pred, output_dict=True, zero_division=0, **kwargs)
+
+
+def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict:
+    """Entity P/R/F1 overall (micro) and per type, default (conlleval) and strict IOB2 modes.
+
+    Returns ``{"precision", "recall", "f1", "support", "per_type": {T: {...}},
+    "strict": {"precision", "recall", "f1", "per_type": ...}}``.
+    """
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predicted")
+    for i, (g, p) in enumerate(zip(gold, pred)):
+        if len(g) != len(p):
+            raise ValueError(f"sentence {i}: {len(g)} gold tags but {len(p)} predicted")
+
+    def pack(report):
+        micro = report["micro avg"]
+        per_type = {k: {"precision": v["precision"], "recall": v["recall"], "f1": v["f1-score"],
+                        "support": int(v["support"])}
+                    for k, v in report.items() if not k.endswith(" avg")}
+        return {"precision": micro["precision"], "recall": micro["recall"], "f1": micro["f1-score"],
+                "support": int(micro["support"]), "per_type": per_type}
+
+    default = pack(_report(list(map(list, gold)), list(map(list, pred))))
+    strict = pack(_report(list(map(list, gold)), list(map(list, pred)), mode="strict", scheme=IOB2))
+    default["strict"] = strict
+    return default
+
+
+def score_words(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict:
+    """Entity scores plus word-level accuracy for word-level tag sequences."""
+    scores = entity_scores(gold, pred)
+    correct = sum(g == p for gs, ps in zip(gold, pred) for g, p in zip(gs, ps))
+    total = sum(len(g) for g in gold)
+    scores["word_accuracy"] = correct / total if total else 0.0
+    return scores
+
+
+def gather_predictions(local: dict[int, list[str]], info) -> dict[int, list[str]]:
+    """Merge ``{sentence_index: tags}`` from all ranks (``info``: a ``DistInfo``).
+
+    A sentence that reached two ranks counts once.
+    """
+    from .distributed import gather_objects
+
+    merged: dict[int, list[str]] = {}
+    for part in gather_objects(local, info):
+        for k, v in part.items():
+            merged.setdefault(k, v)
+    return merged
