@@ -198,6 +198,8 @@ class WordPieceEncoder:
             if with_labels and tags is None:
                 raise ValueError(f"sentence {sent.index} has no tags")
             for wi, (a, b) in enumerate(windows):
+                if not any(owners[w] == wi for w in range(a, b)):
+                    continue  # predicts no word (its words are more central elsewhere): all -100, skip it
                 ids: list[int] = []
                 labels: list[int] = []
                 casing: list[int] = []

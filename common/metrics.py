@@ -54,10 +54,11 @@ def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) 
 
     def pack(report):
         micro = report["micro avg"]
-        per_type = {k: {"precision": v["precision"], "recall": v["recall"], "f1": v["f1-score"],
-                        "support": int(v["support"])}
+        per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]),
+                        "f1": float(v["f1-score"]), "support": int(v["support"])}
                     for k, v in report.items() if not k.endswith(" avg")}
-        return {"precision": micro["precision"], "recall": micro["recall"], "f1": micro["f1-score"],
+        return {"precision": float(micro["precision"]), "recall": float(micro["recall"]),
+                "f1": float(micro["f1-score"]),
                 "support": int(micro["support"]), "per_type": per_type}
 
     default = pack(_report(list(map(list, gold)), list(map(list, pred))))

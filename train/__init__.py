@@ -1,0 +1,1 @@
+"""Training of the BiLSTM and BERT taggers (one loop for both)."""

@@ -1,0 +1,59 @@
+"""``python -m train`` / ``torchrun -m train`` / ``ner-train``.
+
+    python -m train --config train/configs/bert_conll03.toml --data DATA.json \
+        --output-dir runs/bert [--resume] [section.option=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .config import ConfigError, load_config
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="ner-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="TOML recipe (e.g. train/configs/bert_conll03.toml)")
+    p.add_argument("--data", help="labelled data: CoNLL-style JSON or a folder of CoNLL files (data.path)")
+    p.add_argument("--output-dir", help="run folder (train.output_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run folder")
+    p.add_argument("--engine", choices=["ddp", "deepspeed"], help="train.engine")
+    p.add_argument("--deepspeed-config", help="DeepSpeed JSON config (train.deepspeed_config)")
+    p.add_argument("--device", help="auto, cpu, cuda (train.device)")
+    p.add_argument("overrides", nargs="*", help="section.option=value, applied last")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.overrides)
+    for flag, key in (("data", "data.path"), ("output_dir", "train.output_dir"), ("engine", "train.engine"),
+                      ("deepspeed_config", "train.deepspeed_config"), ("device", "train.device")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.insert(0, f"{key}={json.dumps(value)}")
+    from common.data import DataError
+
+    from .export import ExportError
+    from .trainer import PREEMPTED_EXIT_CODE, Preempted, run
+
+    try:
+        cfg = load_config(args.config, overrides)
+        run(cfg, resume=args.resume)
+    except Preempted:
+        return PREEMPTED_EXIT_CODE
+    except (ConfigError, DataError, ExportError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "CUDA" not in str(e):
+            raise
+        logging.getLogger("train").error("%s", e)
+        print(f"ner-train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

