@@ -37,10 +37,9 @@ precision = correct / #pred and recall = correct / #gold are seqeval's.
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 from common.spans import tags_to_spans
@@ -368,6 +367,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _md(name: str) -> str:
+    """Escape a model name for the report's Markdown."""
+    return "".join("\\" + c if c in "\\`*_[]{}<>|#" else c for c in name)
+
+
 def improvement_hints(models: dict[str, dict]) -> list[str]:
     """Short, data-derived hints, one sentence each, numbers included.
 
@@ -376,7 +380,8 @@ def improvement_hints(models: dict[str, dict]) -> list[str]:
     its condition holds in the data.
     """
     hints: list[str] = []
-    for name, m in models.items():
+    for raw_name, m in models.items():
+        name = _md(raw_name)
         sc, err = m["scores"], m["errors"]
         f1 = sc["f1"]
         n_err = err["errors"]
@@ -384,9 +389,9 @@ def improvement_hints(models: dict[str, dict]) -> list[str]:
             ranked = sorted(ERROR_CLASSES, key=lambda c: -err["outcomes"][c])
             top, second = ranked[0], ranked[1]
             hints.append(
-                f"**{name}**: the largest error class is *{CLASS_LABELS[top]}* with {err['outcomes'][top]} of "
-                f"{n_err} errors ({_pct(err['outcomes'][top] / n_err)}%), then *{CLASS_LABELS[second]}* with "
-                f"{err['outcomes'][second]} ({_pct(err['outcomes'][second] / n_err)}%)" + _class_advice(top) + ".")
+                f"**{name}**: the largest error class is *{CLASS_LABELS[top]}* with {err['outcomes'][top]:,} of "
+                f"{n_err:,} errors ({_pct(err['outcomes'][top] / n_err)}%), then *{CLASS_LABELS[second]}* with "
+                f"{err['outcomes'][second]:,} ({_pct(err['outcomes'][second] / n_err)}%)" + _class_advice(top) + ".")
         per_type = {t: v for t, v in sc["per_type"].items() if v.get("support", 0) > 0}
         if len(per_type) > 1:
             weakest = min(per_type, key=lambda t: per_type[t]["f1"])
@@ -395,7 +400,7 @@ def improvement_hints(models: dict[str, dict]) -> list[str]:
                     else "it is over-predicted more than missed (precision below recall)")
             hints.append(
                 f"**{name}**: the weakest type is {weakest} (F1 {_pct(w['f1'])} vs {_pct(f1)} overall, "
-                f"P {_pct(w['precision'])} / R {_pct(w['recall'])}, {w['support']} gold entities); {side}.")
+                f"P {_pct(w['precision'])} / R {_pct(w['recall'])}, {w['support']:,} gold entities); {side}.")
         conf = m.get("confusion")
         if conf:
             best = None
@@ -407,7 +412,7 @@ def improvement_hints(models: dict[str, dict]) -> list[str]:
                 gold_n = sum(conf["matrix"][conf["rows"].index(best[1])])
                 hints.append(
                     f"**{name}**: the most frequent type confusion is gold {best[1]} predicted as {best[2]} "
-                    f"({best[0]} times, {_pct(best[0] / gold_n)}% of gold {best[1]} entities).")
+                    f"({best[0]:,} times, {_pct(best[0] / gold_n)}% of gold {best[1]} entities).")
         bd = m.get("breakdowns", {})
         su = bd.get("seen_in_train")
         if su and su["seen"]["num_gold"] and su["unseen"]["num_gold"]:
@@ -426,7 +431,7 @@ def improvement_hints(models: dict[str, dict]) -> list[str]:
                 hints.append(
                     f"**{name}**: all-caps sentences score F1 {_pct(cs['all caps']['f1'])} against "
                     f"{_pct(cs['mixed case']['f1'])} for mixed case ({_pct(gap)} points; "
-                    f"{cs['all caps']['sentences']} sentences, {cs['all caps']['num_gold']} gold entities): "
+                    f"{cs['all caps']['sentences']:,} sentences, {cs['all caps']['num_gold']:,} gold entities): "
                     f"casing carries much of the signal, so try upper-casing augmentation or truecasing headlines.")
         el = bd.get("entity_length")
         if el:
@@ -436,7 +441,7 @@ def improvement_hints(models: dict[str, dict]) -> list[str]:
                 if f1 - worst["f1"] > 0.05:
                     hints.append(
                         f"**{name}**: entities of {worst_b} words score F1 {_pct(worst['f1'])} "
-                        f"({worst['num_gold']} gold), {_pct(f1 - worst['f1'])} points below overall.")
+                        f"({worst['num_gold']:,} gold), {_pct(f1 - worst['f1'])} points below overall.")
         strict = sc.get("strict")
         if strict and sc["f1"] - strict["f1"] > 0.002:
             hints.append(
@@ -447,8 +452,8 @@ def improvement_hints(models: dict[str, dict]) -> list[str]:
         if abs(p - r) > 0.02:
             hints.append(
                 f"**{name}**: precision {_pct(p)} and recall {_pct(r)} are unbalanced: the model "
-                + ("under-predicts entities (" + str(err['outcomes'][MISSED]) + " missed)" if r < p
-                   else "over-predicts entities (" + str(err['outcomes'][SPURIOUS]) + " spurious)") + ".")
+                + (f"under-predicts entities ({err['outcomes'][MISSED]:,} missed)" if r < p
+                   else f"over-predicts entities ({err['outcomes'][SPURIOUS]:,} spurious)") + ".")
     return hints
 
 
@@ -464,12 +469,13 @@ def _class_advice(cls: str) -> str:
 
 
 def disagreement_hint(a: str, b: str, dis: dict) -> str | None:
+    a, b = _md(a), _md(b)
     na, nb = len(dis["a_only"]), len(dis["b_only"])
     if not na and not nb:
         return None
     total = na + nb + dis["both"] + dis["neither"]
-    return (f"**{a}** gets {na} gold entities exactly right that **{b}** does not, and **{b}** gets {nb} that "
-            f"**{a}** does not ({_pct((na + nb) / total) if total else '0.0'}% of {total} gold entities); "
-            f"{dis['neither']} are wrong in both"
+    return (f"**{a}** gets {na:,} gold entities exactly right that **{b}** does not, and **{b}** gets {nb:,} "
+            f"that **{a}** does not ({_pct((na + nb) / total) if total else '0.0'}% of {total:,} gold entities); "
+            f"{dis['neither']:,} are wrong in both"
             + (": an ensemble or a look at the differing examples could pay off." if min(na, nb) >= 0.1 * max(na, nb)
                else "."))

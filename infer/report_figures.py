@@ -49,11 +49,16 @@ def _grouped_bars(ax, groups: Sequence[str], series: dict[str, Sequence[float]],
 
 
 def _score_ylim(values: Sequence[float]) -> tuple[float, float]:
-    """A y range for percentages that shows differences but keeps room for labels."""
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    lo = min(vals) if vals else 0.0
-    lo = max(0.0, math.floor((lo - 10) / 10) * 10)
-    return lo, 108
+    """Percentages: bars start at zero (no exaggerated gaps), with room above for the value labels."""
+    return 0, 109
+
+
+def _figure_legend(fig, axes, n: int):
+    """One legend for all panels, above them (never over the bars)."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(n, 4), fontsize=9, frameon=False,
+                   bbox_to_anchor=(0.5, 1.0))
 
 
 def per_type_figure(path: str, types: Sequence[str], per_model: dict[str, dict]) -> str:
@@ -66,9 +71,9 @@ def per_type_figure(path: str, types: Sequence[str], per_model: dict[str, dict])
         series = {m: [100 * per_model[m][t][key] if t in per_model[m] else None for t in types] for m in per_model}
         _grouped_bars(ax, types, series, "%" if key == "precision" else "", annotate=True, ylim=ylim)
         ax.set_title(title)
-    axes[0].legend(loc="lower left", fontsize=8, framealpha=0.9)
-    fig.suptitle("Entity scores per type (seqeval default mode)")
+    fig.suptitle("Entity scores per type (seqeval default mode)", y=1.08)
     fig.tight_layout()
+    _figure_legend(fig, axes, len(per_model))
     return _save(fig, path)
 
 
@@ -79,6 +84,8 @@ def learning_curves_figure(path: str, logs: dict[str, dict]) -> str:
     """
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     any_loss = any_eval = False
+    longest = max([e for log in logs.values() for key in ("step", "eval") for _, e, _ in log.get(key, [])] + [0])
+    unit, scale = (("seconds", 1.0) if longest < 120 else ("minutes", 60.0) if longest < 7200 else ("hours", 3600.0))
     for k, (name, log) in enumerate(logs.items()):
         color = COLORS[k % len(COLORS)]
         steps = log.get("step", [])
@@ -86,7 +93,7 @@ def learning_curves_figure(path: str, logs: dict[str, dict]) -> str:
             any_loss = True
             s, t, loss = (np.array(v, dtype=float) for v in zip(*steps))
             smooth = _smooth(loss)
-            for ax, xv in ((axes[0, 0], s), (axes[0, 1], t / 60)):
+            for ax, xv in ((axes[0, 0], s), (axes[0, 1], t / scale)):
                 if len(loss) > 20:
                     ax.plot(xv, loss, color=color, alpha=0.2, linewidth=0.8)
                 ax.plot(xv, smooth, color=color, linewidth=1.6, label=name)
@@ -94,7 +101,7 @@ def learning_curves_figure(path: str, logs: dict[str, dict]) -> str:
         if evals:
             any_eval = True
             s, t, f1 = (np.array(v, dtype=float) for v in zip(*evals))
-            for ax, xv in ((axes[1, 0], s), (axes[1, 1], t / 60)):
+            for ax, xv in ((axes[1, 0], s), (axes[1, 1], t / scale)):
                 ax.plot(xv, 100 * f1, color=color, marker="o", markersize=3, linewidth=1.4, label=name)
     for ax in axes[0]:
         ax.set_ylabel("training loss")
@@ -105,7 +112,7 @@ def learning_curves_figure(path: str, logs: dict[str, dict]) -> str:
     for ax in axes[:, 0]:
         ax.set_xlabel("optimizer step")
     for ax in axes[:, 1]:
-        ax.set_xlabel("wall time (minutes)")
+        ax.set_xlabel(f"training wall time ({unit})")
     for ax, has in ((axes[0, 0], any_loss), (axes[0, 1], any_loss), (axes[1, 0], any_eval), (axes[1, 1], any_eval)):
         ax.grid(alpha=0.3)
         if has:
@@ -196,10 +203,10 @@ def breakdown_figure(path: str, panels: list[tuple[str, Sequence[str], dict[str,
         pct = {m: [None if v is None else 100 * v for v in vals] for m, vals in series.items()}
         _grouped_bars(ax, ticks, pct, "entity F1 (%)", annotate=True, ylim=_score_ylim(allv))
         ax.set_title(title)
-        ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    _figure_legend(fig, list(axes.flat), len(panels[0][2]) if panels else 1)
     return _save(fig, path)
 
 

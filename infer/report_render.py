@@ -232,7 +232,8 @@ table { border-collapse: collapse; margin: .8em 0; font-size: 90%; }
 th, td { border: 1px solid #ccc; padding: .25em .55em; } th { background: #f3f3f3; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1em 0; } img { max-width: 100%; }
-mark { border-radius: 3px; padding: 0 .15em; } mark sub { font-size: 65%; color: #555; margin-left: .15em; }
+mark { border-radius: 3px; padding: 0 .15em; } strong mark { outline: 2px solid #444; }
+mark sub { font-size: 65%; color: #555; margin-left: .15em; }
 ul.examples li { margin-bottom: .6em; }
 code { background: #f4f4f4; padding: 0 .2em; border-radius: 3px; }
 """

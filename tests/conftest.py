@@ -53,7 +53,7 @@ TINY_DATA = {
 }
 
 
-def write_conll(path: Path, sentences, docstart: bool = True, extra_cols: bool = True) -> Path:
+def _write_conll(path: Path, sentences, docstart: bool = True, extra_cols: bool = True) -> Path:
     """Write ``[{"tokens", "tags", "doc"?}]`` as a CoNLL column file (token [POS chunk] tag)."""
     lines = []
     last_doc = object()
@@ -89,8 +89,14 @@ def tiny_conll_dir(tmp_path) -> Path:
     folder = tmp_path / "conll"
     folder.mkdir()
     for fold, sentences in TINY_DATA.items():
-        write_conll(folder / f"{fold}.txt", sentences, docstart=(fold != "test"))
+        _write_conll(folder / f"{fold}.txt", sentences, docstart=(fold != "test"))
     return folder
+
+
+@pytest.fixture
+def write_conll():
+    """``write_conll(path, [{"tokens", "tags", "pos"?, "doc"?}], docstart=True, extra_cols=True) -> path``."""
+    return _write_conll
 
 
 @pytest.fixture

@@ -42,7 +42,11 @@ APT_PACKAGES = ["slurm-wlm", "munge"]
 
 
 class ClusterUnavailable(RuntimeError):
-    """Raised when a cluster cannot be set up here (the tests turn this into a skip)."""
+    """SLURM cannot be installed/started here at all: no apt-get, or not root (the tests skip)."""
+
+
+class ClusterError(RuntimeError):
+    """Setting the cluster up went wrong (the tests fail, with the daemons' log tails)."""
 
 
 def _log(msg: str) -> None:
@@ -124,9 +128,9 @@ class Cluster:
             _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *APT_PACKAGES],
                  env=env, timeout=900)
         except subprocess.CalledProcessError as exc:
-            raise ClusterUnavailable(f"apt-get failed: {exc.stdout[-2000:]}") from exc
+            raise ClusterError(f"apt-get failed: {exc.stdout[-2000:]}") from exc
         if not cls.installed():
-            raise ClusterUnavailable("apt-get ran but slurmctld/slurmd/munged are still missing")
+            raise ClusterError("apt-get ran but slurmctld/slurmd/munged are still missing")
 
     # ------------------------------------------------------------------ munge
     @staticmethod
@@ -149,7 +153,7 @@ class Cluster:
         try:
             pw = pwd.getpwnam("munge")
         except KeyError as exc:
-            raise ClusterUnavailable("the munge user does not exist (is the munge package installed?)") from exc
+            raise ClusterError("the munge user does not exist (is the munge package installed?)") from exc
         for d, mode in (("/run/munge", 0o755), ("/var/lib/munge", 0o700), ("/var/log/munge", 0o700),
                         ("/etc/munge", 0o700)):
             os.makedirs(d, exist_ok=True)
@@ -169,7 +173,7 @@ class Cluster:
                 self.started.append("munged")
                 return
             time.sleep(0.2)
-        raise ClusterUnavailable(f"munged did not start: {res.stdout}{res.stderr}")
+        raise ClusterError(f"munged did not start: {res.stdout}{res.stderr}")
 
     def stop_munge(self) -> None:
         subprocess.run(["/usr/sbin/munged", "--stop"], capture_output=True, timeout=30)
@@ -254,6 +258,14 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             return False
         return res.returncode == 0 and "UP" in res.stdout
 
+    def node_info(self) -> dict:
+        """``{"name", "cpus", "gpus"}`` of the (only) node, from ``scontrol show node``."""
+        res = _run(["scontrol", "show", "node", "-o"], env=self.env(), timeout=30)
+        line = res.stdout.strip().splitlines()[0]
+        fields = dict(m.groups() for m in re.finditer(r"(\w+)=(\S*)", line))
+        gres = re.search(r"gpu:(?:\w+:)?(\d+)", fields.get("Gres", ""))
+        return {"name": fields["NodeName"], "cpus": int(fields["CPUTot"]), "gpus": int(gres.group(1)) if gres else 0}
+
     def node_state(self) -> str:
         res = _run(["sinfo", "-h", "-N", "-o", "%t"], check=False, env=self.env(), timeout=20)
         return res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else ""
@@ -279,12 +291,12 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             # -c: start from a clean state (no old jobs), -i: ignore unreadable state
             res = _run(["/usr/sbin/slurmctld", "-c", "-i"], check=False, env=env, timeout=60)
             if res.returncode != 0:
-                raise ClusterUnavailable(f"slurmctld failed to start: {res.stdout}\n{self._tail('slurmctld.log')}")
+                raise ClusterError(f"slurmctld failed to start: {res.stdout}\n{self._tail('slurmctld.log')}")
             self.started.append("slurmctld")
         if _read_pid(self.state_dir / "run" / "slurmd.pid") is None:
             res = _run(["/usr/sbin/slurmd"], check=False, env=env, timeout=60)
             if res.returncode != 0:
-                raise ClusterUnavailable(f"slurmd failed to start: {res.stdout}\n{self._tail('slurmd.log')}")
+                raise ClusterError(f"slurmd failed to start: {res.stdout}\n{self._tail('slurmd.log')}")
             self.started.append("slurmd")
         deadline = time.time() + timeout
         state = ""
@@ -298,7 +310,7 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                     node = self.node_line()[0]
                     _run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False, env=env)
             time.sleep(0.5)
-        raise ClusterUnavailable(f"the node did not become idle within {timeout:.0f}s (state {state!r})\n"
+        raise ClusterError(f"the node did not become idle within {timeout:.0f}s (state {state!r})\n"
                                  f"{self._tail('slurmctld.log')}\n{self._tail('slurmd.log')}")
 
     def _tail(self, name: str, n: int = 30) -> str:
@@ -371,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "start":
         try:
             cluster.start()
-        except ClusterUnavailable as exc:
+        except (ClusterUnavailable, ClusterError) as exc:
             print(f"cannot start: {exc}", file=sys.stderr)
             return 1
         print(f"export SLURM_CONF={cluster.conf}")

@@ -23,8 +23,6 @@ from common.data import (
 )
 from common.spans import tags_to_spans
 
-from conftest import TINY_DATA, write_conll
-
 
 # --- reading ---------------------------------------------------------------------------------------
 
@@ -73,11 +71,11 @@ def test_read_conll_docstart_and_columns(tmp_path):
     assert sents[0].extra == {"columns": [["NNP", "B-NP"], ["VBZ", "B-VP"]]}
 
 
-def test_read_conll_without_docstart_has_no_doc(tmp_path):
-    path = write_conll(tmp_path / "x.conll", TINY_DATA["train"], docstart=False, extra_cols=False)
+def test_read_conll_without_docstart_has_no_doc(tmp_path, tiny_data, write_conll):
+    path = write_conll(tmp_path / "x.conll", tiny_data["train"], docstart=False, extra_cols=False)
     sents = read_conll(str(path), "train")
     assert [s.doc for s in sents] == [None] * 4
-    assert [s.tokens for s in sents] == [r["tokens"] for r in TINY_DATA["train"]]
+    assert [s.tokens for s in sents] == [r["tokens"] for r in tiny_data["train"]]
     assert sents[0].extra == {}
 
 
@@ -132,7 +130,7 @@ def test_bioes_input_converted(write_json, scheme):
     assert [s.tags for s in folds["train"]] == BIOES_AS_IOB2
 
 
-def test_bioes_conll_file_converted(tmp_path):
+def test_bioes_conll_file_converted(tmp_path, write_conll):
     sents = [{"tokens": ["w"] * len(t), "tags": t} for t in BIOES_TAGS]
     path = write_conll(tmp_path / "train.txt", sents, docstart=False, extra_cols=False)
     assert [s.tags for s in read_conll(str(path), "train")] == BIOES_AS_IOB2

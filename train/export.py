@@ -80,8 +80,12 @@ def build_tagger(mcfg: ModelConfig, labels: list[str], encoder_path: str, tokeni
     return model
 
 
-def make_encoder(mcfg: ModelConfig, labels, tokenizer) -> WordPieceEncoder:
-    return WordPieceEncoder(tokenizer, labels, mcfg.max_length, mcfg.label_all_pieces, mcfg.context_pieces)
+def make_encoder(mcfg: ModelConfig, labels, tokenizer, model: TaggerBase) -> WordPieceEncoder:
+    """The encoder for this model: windows no longer than the model's position embeddings."""
+    max_length = mcfg.max_length
+    if model.max_positions:
+        max_length = min(max_length, model.max_positions)
+    return WordPieceEncoder(tokenizer, labels, max_length, mcfg.label_all_pieces, mcfg.context_pieces)
 
 
 def save_export(model: TaggerBase, mcfg: ModelConfig, tokenizer, out_dir: str, extra: dict | None = None) -> None:
@@ -178,7 +182,7 @@ def load_tagger(path: str, device: str | torch.device = "cpu") -> tuple[TaggerBa
         if missing or unexpected:
             raise ExportError(f"{path}: weights do not match the model: missing {missing}, unexpected {unexpected}")
     model.to(device).eval()
-    return model, make_encoder(mcfg, labels, tokenizer)
+    return model, make_encoder(mcfg, labels, tokenizer, model)
 
 
 def check_labels(export_labels, data_labels, where: str) -> None:

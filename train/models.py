@@ -77,6 +77,8 @@ class TaggerBase(nn.Module):
     """Shared head, loss and decoding over per-piece features from ``encode``."""
 
     hf_compatible = False
+    max_positions: int | None = None
+    """Longest input the model accepts (None: any)."""
 
     def __init__(self, labels: list[str], feature_dim: int, use_casing: bool, casing_dim: int,
                  use_crf: bool, dropout: float, head_hidden: int):
@@ -148,7 +150,10 @@ class BertTagger(TaggerBase):
                  dropout=0.1, head_hidden=0):
         super().__init__(labels, encoder.config.hidden_size, use_casing, casing_dim, use_crf, dropout,
                          head_hidden)
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # unused by a token tagger; DDP refuses parameters without gradients
         self.encoder = encoder
+        self.max_positions = getattr(encoder.config, "max_position_embeddings", None)
         self.hf_compatible = not (use_casing or use_crf or head_hidden)
 
     def encode(self, batch):

@@ -268,12 +268,6 @@ def _run(cfg: Config, resume: bool, info, stop: _StopFlag) -> dict | None:
     labels = list(cfg.data.labels) or label_list(folds["train"])
     for fold, sentences in folds.items():
         check_labels(labels, label_list(sentences), f"{cfg.data.path}: fold {fold!r}")
-    encoder = make_encoder(cfg.model, labels, tokenizer)
-    t0 = time.perf_counter()
-    windows = {fold: encoder.encode(s) for fold, s in folds.items()}
-    log.info("encoded %s windows in %.1f s; labels %s", {k: len(v) for k, v in windows.items()},
-             time.perf_counter() - t0, labels)
-    pad_id = encoder.pad_id
 
     # ---- model and engine
     if cfg.model.init_from:
@@ -285,6 +279,12 @@ def _run(cfg: Config, resume: bool, info, stop: _StopFlag) -> dict | None:
         model.train()
     else:
         model = build_tagger(cfg.model, labels, encoder_path, tokenizer)
+    encoder = make_encoder(cfg.model, labels, tokenizer, model)
+    t0 = time.perf_counter()
+    windows = {fold: encoder.encode(s) for fold, s in folds.items()}
+    log.info("encoded %s windows in %.1f s; labels %s", {k: len(v) for k, v in windows.items()},
+             time.perf_counter() - t0, labels)
+    pad_id = encoder.pad_id
     num_parameters = sum(p.numel() for p in model.parameters())
     sampler = TokenBudgetBatchSampler([len(w) for w in windows["train"]], cfg.train.max_tokens, shuffle=True,
                                       seed=cfg.train.seed, num_replicas=info.world_size, rank=info.rank)

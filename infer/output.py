@@ -1,0 +1,218 @@
+"""The output folder: identity (_run.json), atomic part files, the manifest, the summary.
+
+Layout::
+
+    OUT/
+      _run.json                 who made this folder: model and input fingerprints, options, the part plan
+      part-000000.parquet ...   one file per part (named by the part's global number)
+      _manifest/part-000000.json  one entry per finished part: source file, row groups, rows, words,
+                                  entities per type, seconds
+      _summary.json             totals (and this run's speed), rewritten at the end of every run
+      .lock                     taken while a process checks or initialises _run.json
+
+Names starting with ``_`` or ``.`` are skipped by ``pyarrow.dataset`` / ``pandas.read_parquet``, so the
+folder reads directly as one table: ``pyarrow.dataset.dataset(OUT).to_table()``.
+
+A part is written to ``.part-NNNNNN.parquet.tmp-<pid>`` and renamed when
+complete; then its manifest entry is written (also tmp + rename).  A part is
+done when both exist and agree, so a process killed at any point leaves either
+a finished part or nothing that counts; re-running the same command redoes only
+the unfinished parts.  Several processes (torchrun ranks, SLURM array tasks)
+share the folder: each writes only its own parts and manifest entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import time
+
+import pyarrow.parquet as pq
+
+RUN_FILE = "_run.json"
+MANIFEST_DIR = "_manifest"
+SUMMARY_FILE = "_summary.json"
+LOCK_FILE = ".lock"
+RUN_FORMAT = 1
+
+
+class OutputError(ValueError):
+    """The output folder cannot be used (made by another model or input, or not ours)."""
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:06d}.parquet"
+
+
+def write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def model_fingerprint(export_dir: str) -> str:
+    """sha256 over the export's ner_config.json, config.json and weight files."""
+    h = hashlib.sha256()
+    names = ["ner_config.json", "config.json"] + sorted(
+        os.path.basename(p) for p in glob.glob(os.path.join(export_dir, "*.safetensors"))
+        + glob.glob(os.path.join(export_dir, "*.bin")))
+    for name in names:
+        path = os.path.join(export_dir, name)
+        if not os.path.exists(path):
+            continue
+        h.update(name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def input_fingerprint(files: list[dict], options: dict) -> str:
+    return hashlib.sha256(json.dumps({"files": files, "options": options}, sort_keys=True).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def folder_lock(out_dir: str):
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, LOCK_FILE), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _ours(name: str) -> bool:
+    return (name in (RUN_FILE, MANIFEST_DIR, SUMMARY_FILE, LOCK_FILE) or name.startswith("part-")
+            or name.startswith(".part-") or name.startswith(RUN_FILE + ".tmp") or name.startswith(SUMMARY_FILE + ".tmp"))
+
+
+def clear_folder(out_dir: str) -> None:
+    """Remove what ner-tag wrote (parts, manifest, _run.json, _summary.json); other files stay."""
+    import shutil
+
+    for name in os.listdir(out_dir):
+        if _ours(name) and name != LOCK_FILE:
+            path = os.path.join(out_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+
+
+def init_folder(out_dir: str, run_info: dict, overwrite: bool) -> dict:
+    """Create or check ``_run.json`` (call under :func:`folder_lock`); returns the folder's run info.
+
+    The same model and input (fingerprints) continue the folder (resume);
+    a different one is refused unless ``overwrite``, which clears it first.
+    A non-empty folder that ner-tag did not make is refused unless ``overwrite``.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    run_path = os.path.join(out_dir, RUN_FILE)
+    if os.path.exists(run_path):
+        with open(run_path) as f:
+            old = json.load(f)
+        diffs = []
+        if old.get("model", {}).get("fingerprint") != run_info["model"]["fingerprint"]:
+            diffs.append(f"another model ({old.get('model', {}).get('path')!r}, this run: "
+                         f"{run_info['model']['path']!r})")
+        if old.get("input", {}).get("fingerprint") != run_info["input"]["fingerprint"]:
+            diffs.append("another input or other input options (files, text column, carried columns, "
+                         "rows per part, chunking)")
+        if not diffs:
+            return old
+        if not overwrite:
+            raise OutputError(f"{out_dir} was written by {' and '.join(diffs)}; pass --overwrite to replace "
+                              "its contents, or choose another --output")
+        clear_folder(out_dir)
+    else:
+        foreign = [n for n in os.listdir(out_dir) if not _ours(n)]
+        ours = [n for n in os.listdir(out_dir) if _ours(n) and n != LOCK_FILE]
+        if ours and not overwrite:
+            raise OutputError(f"{out_dir} holds ner-tag output without {RUN_FILE}; pass --overwrite to "
+                              "replace it")
+        if foreign and not overwrite:
+            raise OutputError(f"{out_dir} is not empty and was not made by ner-tag ({sorted(foreign)[:5]}); "
+                              "choose an empty or new --output, or pass --overwrite to write into it anyway")
+        if ours:
+            clear_folder(out_dir)
+    os.makedirs(os.path.join(out_dir, MANIFEST_DIR), exist_ok=True)
+    write_json_atomic(run_path, run_info)
+    return run_info
+
+
+def manifest_path(out_dir: str, index: int) -> str:
+    return os.path.join(out_dir, MANIFEST_DIR, part_name(index).replace(".parquet", ".json"))
+
+
+def read_manifest(out_dir: str) -> dict[int, dict]:
+    out = {}
+    for path in glob.glob(os.path.join(out_dir, MANIFEST_DIR, "part-*.json")):
+        try:
+            with open(path) as f:
+                entry = json.load(f)
+        except (OSError, ValueError):
+            continue  # a torn write cannot happen (atomic rename), but be lenient
+        out[int(entry["part"])] = entry
+    return out
+
+
+def done_parts(out_dir: str, plan: list[dict]) -> set[int]:
+    """Parts whose file and manifest entry both exist and agree with the plan."""
+    done = set()
+    manifest = read_manifest(out_dir)
+    for p in plan:
+        e = manifest.get(p["index"])
+        if (e and e.get("rows") == p["rows"] and e.get("file") == p["file"]
+                and os.path.exists(os.path.join(out_dir, part_name(p["index"])))):
+            done.add(p["index"])
+    return done
+
+
+class PartWriter:
+    """Streams one part into a temporary Parquet file; :meth:`commit` renames it and records it."""
+
+    def __init__(self, out_dir: str, part: dict, schema):
+        self.out_dir = out_dir
+        self.part = part
+        self.final = os.path.join(out_dir, part_name(part["index"]))
+        self.tmp = os.path.join(out_dir, f".{part_name(part['index'])}.tmp-{os.getpid()}")
+        for stale in glob.glob(os.path.join(out_dir, f".{part_name(part['index'])}.tmp-*")):
+            with contextlib.suppress(OSError):
+                os.remove(stale)
+        self.writer = pq.ParquetWriter(self.tmp, schema)
+        self.rows = 0
+        self.started = time.time()
+
+    def write(self, table) -> None:
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def commit(self, stats: dict) -> dict:
+        self.writer.close()
+        if self.rows != self.part["num_rows"]:
+            raise AssertionError(f"part {self.part['index']}: wrote {self.rows} rows, "
+                                 f"expected {self.part['num_rows']}")
+        with open(self.tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.final)
+        stats = {k: v for k, v in stats.items() if k not in ("rows", "parts")}
+        entry = {"part": self.part["index"], "output": part_name(self.part["index"]), "file": self.part["file"],
+                 "row_groups": self.part["row_groups"], "rows": self.part["rows"], "num_rows": self.rows,
+                 **stats, "seconds": round(time.time() - self.started, 3), "finished_at": time.time(),
+                 "host": os.uname().nodename, "pid": os.getpid()}
+        write_json_atomic(manifest_path(self.out_dir, self.part["index"]), entry)
+        return entry
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        with contextlib.suppress(OSError):
+            os.remove(self.tmp)

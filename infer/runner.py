@@ -1,0 +1,362 @@
+"""The batch tagging job: plan, shard, stream, tag, write, resume, summarise.
+
+One process (or each torchrun rank / SLURM array task) does:
+
+1. find the input files and plan the parts (:mod:`infer.sources`);
+2. check or initialise the output folder under a file lock (:mod:`infer.output`):
+   same model and input -> resume, skipping finished parts; otherwise refuse
+   (or clear with ``--overwrite``);
+3. take its share of the unfinished parts: part ``i`` belongs to shard
+   ``i % (num_shards * world_size)``, shard = ``shard_index * world_size + rank``;
+4. a background thread reads each part in bounded buffers (``--buffer-rows``
+   rows / ``--buffer-chars`` characters) and prepares them (words, windows,
+   length-sorted token-budget batches, pinned tensors on GPU) while the main
+   thread runs the model on the previous buffer; the queue between them holds
+   at most two buffers, so memory does not grow with the corpus;
+5. results go, in input order, into the part's temporary Parquet file, which
+   is renamed and recorded in the manifest when the part is complete;
+6. a summary (rows, words, entities per type, wall time, words/s) is printed
+   and written to ``OUT/_summary.json`` (under torchrun by rank 0, after all
+   ranks finished; in a SLURM array by every task, the totals read from the
+   manifest, so the last task to finish writes the complete totals).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import torch
+
+from common import distributed as dist_utils
+
+from . import output as out_utils
+from .sources import InputError, discover, plan_parts, read_buffers
+from .tagger import ENTITIES_TYPE, TextTagger, resolve_precision
+
+log = logging.getLogger("infer")
+
+CRASH_ENV = "NER_TAG_CRASH_AFTER_ROWS"  # tests: exit abruptly once this many rows were written
+
+
+@dataclass
+class TagOptions:
+    model: str
+    inputs: list[str]
+    output: str
+    text_column: str = "text"
+    id_column: str | None = None
+    keep_columns: list[str] | None = None
+    batch_tokens: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    overwrite: bool = False
+    num_shards: int | None = None
+    shard_index: int | None = None
+    rows_per_part: int = 10000
+    buffer_rows: int = 4096
+    buffer_chars: int = 2_000_000
+    chunking: str = "sentences"
+    chunk_pieces: int = 0
+    threads: int = 0
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def carried_columns(opts: TagOptions) -> list[str] | None:
+    """``None`` (every non-text column) unless --id-column / --keep-columns name them."""
+    if opts.id_column is None and opts.keep_columns is None:
+        return None
+    cols = ([opts.id_column] if opts.id_column else []) + list(opts.keep_columns or [])
+    return list(dict.fromkeys(cols))
+
+
+def shard_from_env(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
+    """``--num-shards/--shard-index``, else a SLURM array's task count and index, else (1, 0)."""
+    if num_shards is None and "SLURM_ARRAY_TASK_COUNT" in os.environ and "SLURM_ARRAY_TASK_ID" in os.environ:
+        num_shards = int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+        if shard_index is None:
+            shard_index = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+    num_shards = num_shards or 1
+    shard_index = shard_index or 0
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"--shard-index {shard_index} is not in [0, {num_shards})")
+    return num_shards, shard_index
+
+
+def _set_threads(opts: TagOptions, device: torch.device) -> int:
+    if opts.threads:
+        n = opts.threads
+    else:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cpus = os.cpu_count() or 1
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        n = max(1, cpus // local)
+        if device.type == "cuda":
+            n = min(n, 4)
+    torch.set_num_threads(n)
+    return n
+
+
+class _Stats:
+    def __init__(self):
+        self.rows = self.words = self.pieces = self.padded = 0
+        self.entities: dict[str, int] = {}
+        self.parts = 0
+
+    def add_entities(self, counts: dict[str, int]):
+        for k, v in counts.items():
+            self.entities[k] = self.entities.get(k, 0) + v
+
+    def as_dict(self) -> dict:
+        return {"rows": self.rows, "words": self.words, "pieces": self.pieces, "padded_pieces": self.padded,
+                "entities": dict(sorted(self.entities.items())), "parts": self.parts}
+
+
+def _producer(tagger: TextTagger, work, sources, columns, opts, q: queue.Queue, stop: threading.Event):
+    def put(item):
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for part in work:
+            src = sources[part.source]
+            for table, texts in read_buffers(src, part, columns, opts.text_column, opts.buffer_rows,
+                                             opts.buffer_chars):
+                if not put(("buffer", part, table, tagger.prepare(texts))):
+                    return
+            if not put(("end", part, None, None)):
+                return
+    except BaseException as e:  # handed to the main thread, which raises it
+        put(("error", e, None, None))
+    finally:
+        put(None)
+
+
+def bound_malloc() -> None:
+    """Keep glibc from growing the heap as batches of ever new shapes come and go.
+
+    glibc raises its mmap threshold each time a large block is freed, after
+    which activations of every new batch shape are carved out of the heap and
+    fragment it: RSS then creeps up with the number of batches (about +50%
+    over a few thousand rows).  A fixed threshold (which also switches the
+    dynamic adjustment off) returns large blocks to the system on free, so
+    peak memory stays flat however many rows are tagged.  No-op elsewhere.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def run(opts: TagOptions) -> dict:
+    """Tag the input into ``opts.output``; returns the summary (on every rank)."""
+    t0 = time.time()
+    bound_malloc()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    info = dist_utils.setup(opts.device, timeout_s=7 * 24 * 3600) if world > 1 else \
+        dist_utils.DistInfo(device=dist_utils.resolve_device(opts.device))
+    try:
+        return _run(opts, info, t0)
+    finally:
+        if world > 1:
+            dist_utils.teardown()
+
+
+def _run(opts: TagOptions, info, t0: float) -> dict:
+    from train.export import read_export_config
+
+    num_shards, shard_index = shard_from_env(opts.num_shards, opts.shard_index)
+    total_shards = num_shards * info.world_size
+    shard_id = shard_index * info.world_size + info.rank
+    threads = _set_threads(opts, info.device)
+
+    meta = read_export_config(opts.model)
+    sources, columns = discover(opts.inputs, opts.text_column, carried_columns(opts))
+    out_abs = os.path.abspath(opts.output)
+    for spec in opts.inputs:
+        if os.path.isdir(spec) and (out_abs + os.sep).startswith(os.path.abspath(spec) + os.sep):
+            raise InputError(f"--output {opts.output} is inside the input folder {spec}; its parts would "
+                             "be read as input next time. Choose an output folder outside the input.")
+    parts = plan_parts(sources, opts.rows_per_part)
+    plan = [p.to_json() for p in parts]
+    files = [{"path": os.path.abspath(s.path), "size": os.path.getsize(s.path), "rows": s.num_rows}
+             for s in sources]
+    input_options = {"text_column": opts.text_column, "columns": columns, "rows_per_part": opts.rows_per_part,
+                     "chunking": opts.chunking, "chunk_pieces": opts.chunk_pieces}
+    run_info = {
+        "format": out_utils.RUN_FORMAT, "tool": "ner-tag",
+        "model": {"path": os.path.abspath(opts.model), "fingerprint": out_utils.model_fingerprint(opts.model),
+                  "model_type": meta["model_type"], "labels": meta["labels"]},
+        "input": {"fingerprint": out_utils.input_fingerprint(files, input_options), "files": files,
+                  **input_options},
+        "parts": plan, "created": time.time(),
+    }
+    error = None
+    try:
+        with out_utils.folder_lock(opts.output):
+            out_utils.init_folder(opts.output, run_info, opts.overwrite)
+    except out_utils.OutputError as e:
+        error = e
+    errors = dist_utils.gather_objects(None if error is None else str(error), info)
+    if error is not None:
+        raise error
+    if any(errors):
+        raise out_utils.OutputError(next(e for e in errors if e))
+
+    done = out_utils.done_parts(opts.output, plan)
+    work = [p for p in parts if p.index % total_shards == shard_id and p.index not in done]
+    my_rows = sum(p.num_rows for p in work)
+    log.info("%d parts planned, %d already done; shard %d/%d takes %d parts (%d rows)", len(parts), len(done),
+             shard_id, total_shards, len(work), my_rows)
+
+    precision = resolve_precision(opts.precision, info.device)
+    stats = _Stats()
+    t_tag = time.time()
+    if work:
+        tagger = TextTagger.from_export(opts.model, info.device, precision=precision,
+                                        batch_tokens=opts.batch_tokens, chunking=opts.chunking,
+                                        chunk_pieces=opts.chunk_pieces)
+        t_tag = time.time()
+        _tag_parts(tagger, work, sources, columns, opts, stats, show=opts.progress and info.is_main,
+                   total_rows=my_rows)
+    t_end = time.time()
+    this = {**stats.as_dict(), "wall_s": round(t_end - t0, 3), "tag_s": round(t_end - t_tag, 3),
+            "words_per_s": round(stats.words / max(t_end - t_tag, 1e-9), 1),
+            "rank": info.rank, "shard": shard_id, "device": str(info.device), "precision": precision,
+            "threads": threads}
+    per_rank = dist_utils.gather_objects(this, info)
+    summary = _summary(opts, per_rank, len(parts), t0, info, num_shards, shard_index)
+    if info.is_main:
+        out_utils.write_json_atomic(os.path.join(opts.output, out_utils.SUMMARY_FILE), summary)
+    return summary
+
+
+def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, show: bool, total_rows: int):
+    from tqdm import tqdm
+
+    schema = pa.schema([sources[0].schema.field(c) for c in columns] + [pa.field("entities", ENTITIES_TYPE)])
+    crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    thread = threading.Thread(target=_producer, args=(tagger, work, sources, columns, opts, q, stop),
+                              name="ner-tag-prepare", daemon=True)
+    thread.start()
+    bar = tqdm(total=total_rows, unit="rows", disable=not show, dynamic_ncols=True, smoothing=0.05,
+               file=sys.stderr)
+    writer = None
+    part_stats = None
+    t_start = time.time()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                break
+            kind, part, table, prep = item
+            if kind == "error":
+                raise part
+            if kind == "end":
+                entry = writer.commit(part_stats.as_dict())
+                stats.parts += 1
+                log.debug("part %d done: %s", part.index, entry)
+                writer = None
+                continue
+            if writer is None:
+                writer = out_utils.PartWriter(opts.output, part.to_json(), schema)
+                part_stats = _Stats()
+            tagged = tagger.run(prep)
+            arrays = [table.column(c) for c in columns] + [tagged.to_arrow()]
+            writer.write(pa.Table.from_arrays(arrays, schema=schema))
+            counts = tagged.counts()
+            for s in (stats, part_stats):
+                s.rows += prep.num_rows
+                s.words += prep.num_words
+                s.pieces += prep.num_pieces
+                s.padded += prep.padded_pieces
+                s.add_entities(counts)
+            bar.update(prep.num_rows)
+            bar.set_postfix_str(f"{stats.words / max(time.time() - t_start, 1e-9):,.0f} words/s", refresh=False)
+            if crash_after and stats.rows >= crash_after:
+                os._exit(75)  # simulated kill (tests): no clean-up at all
+    except BaseException:
+        stop.set()
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
+        bar.close()
+
+
+def _summary(opts, per_rank: list[dict], parts_total: int, t0: float, info, num_shards, shard_index) -> dict:
+    manifest = out_utils.read_manifest(opts.output)
+    totals = {"rows": 0, "words": 0, "entities": {}}
+    for e in manifest.values():
+        totals["rows"] += e.get("num_rows", 0)
+        totals["words"] += e.get("words", 0)
+        for k, v in e.get("entities", {}).items():
+            totals["entities"][k] = totals["entities"].get(k, 0) + v
+    totals["entities"] = dict(sorted(totals["entities"].items()))
+    totals["parts_done"] = len(manifest)
+    totals["parts_total"] = parts_total
+    totals["complete"] = len(manifest) >= parts_total
+    ents: dict[str, int] = {}
+    for r in per_rank:
+        for k, v in r["entities"].items():
+            ents[k] = ents.get(k, 0) + v
+    wall = max(r["wall_s"] for r in per_rank)
+    tag_s = max(r["tag_s"] for r in per_rank)
+    words = sum(r["words"] for r in per_rank)
+    this_run = {
+        "rows": sum(r["rows"] for r in per_rank), "words": words, "entities": dict(sorted(ents.items())),
+        "entities_total": sum(ents.values()), "parts": sum(r["parts"] for r in per_rank),
+        "wall_s": wall, "tag_s": tag_s, "words_per_s": round(words / max(wall, 1e-9), 1),
+        "tag_words_per_s": round(words / max(tag_s, 1e-9), 1),
+        "padding_efficiency": round(sum(r["pieces"] for r in per_rank) / max(1, sum(r["padded_pieces"]
+                                                                                    for r in per_rank)), 4),
+        "world_size": info.world_size, "num_shards": num_shards, "shard_index": shard_index,
+        "ranks": per_rank,
+    }
+    return {"output": os.path.abspath(opts.output), "model": os.path.abspath(opts.model), "this_run": this_run,
+            "total": totals, "finished_at": time.time()}
+
+
+def format_summary(summary: dict) -> str:
+    r, t = summary["this_run"], summary["total"]
+    lines = [
+        f"tagged {r['rows']:,} rows, {r['words']:,} words, {r['entities_total']:,} entities "
+        f"in {r['wall_s']:.1f} s ({r['words_per_s']:,.0f} words/s; {r['tag_words_per_s']:,.0f} words/s "
+        f"while tagging; padding efficiency {r['padding_efficiency']:.0%})",
+        "entities per type: " + (", ".join(f"{k} {v:,}" for k, v in r["entities"].items()) or "none"),
+        f"output: {t['parts_done']}/{t['parts_total']} parts done, {t['rows']:,} rows"
+        + (" (complete)" if t["complete"] else " (incomplete: run again, or run the other shards)"),
+        f"summary: {os.path.join(summary['output'], out_utils.SUMMARY_FILE)}",
+    ]
+    return "\n".join(lines)
+
+
+def options_json(opts: TagOptions) -> str:
+    return json.dumps(asdict(opts))

@@ -1,0 +1,217 @@
+"""Input Parquet: finding the files, checking columns, planning parts, streaming buffers.
+
+``--input`` takes files, globs and folders (read with ``pyarrow.dataset``;
+hive partitions such as ``year=2020/`` become columns; files starting with
+``.`` or ``_`` are ignored, as pyarrow does).  Every file's own (physical)
+schema is checked before anything is written: a text column that is missing
+or not a string column is an :class:`InputError` naming the file and column.
+
+The work is cut into *parts*: consecutive row groups of one file, merged while
+they hold at most ``rows_per_part`` rows; a row group larger than that is cut
+into equal row ranges.  Parts are numbered in input order and are the unit of
+output files, resume and sharding.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import asdict, dataclass
+from typing import Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+
+class InputError(ValueError):
+    """Input that cannot be tagged; the message names the file and column."""
+
+
+@dataclass
+class Source:
+    """One input file with the dataset schema it is read with (partition columns included)."""
+
+    path: str
+    fragment: object  # pyarrow.dataset.ParquetFileFragment
+    schema: pa.Schema
+    row_group_rows: list[int]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.row_group_rows)
+
+
+@dataclass
+class Part:
+    index: int
+    file: str
+    row_groups: tuple[int, int]  # [first, last) row groups of the file
+    rows: tuple[int, int]  # [start, end) row numbers within the file
+    source: int = 0  # position in the source list
+
+    @property
+    def num_rows(self) -> int:
+        return self.rows[1] - self.rows[0]
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["row_groups"], d["rows"] = list(self.row_groups), list(self.rows)
+        d["num_rows"] = self.num_rows
+        d.pop("source")
+        return d
+
+
+def _is_string(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+            or (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t)))
+
+
+def _datasets(inputs: Sequence[str]) -> list[ds.Dataset]:
+    out = []
+    for spec in inputs:
+        if os.path.isdir(spec):
+            out.append(ds.dataset(spec, format="parquet", partitioning="hive"))
+        elif os.path.isfile(spec):
+            out.append(ds.dataset([spec], format="parquet"))
+        else:
+            matches = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+            if not matches:
+                raise InputError(f"{spec}: no such file, folder or matching glob")
+            out.append(ds.dataset(matches, format="parquet"))
+    return out
+
+
+def discover(inputs: Sequence[str], text_column: str, columns: Sequence[str] | None) -> tuple[list[Source], list[str]]:
+    """All input files and the output's carried columns (``columns=None``: every non-text column)."""
+    sources: list[Source] = []
+    seen = set()
+    try:
+        datasets = _datasets(inputs)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"cannot read the input {list(inputs)} as Parquet: {e}") from None
+    schemas = []
+    for d in datasets:
+        fragments = sorted(d.get_fragments(), key=lambda f: f.path)
+        for frag in fragments:
+            path = os.path.abspath(frag.path)
+            if path in seen:
+                continue
+            seen.add(path)
+            try:
+                physical = frag.physical_schema
+                frag.ensure_complete_metadata()
+                rg_rows = [rg.num_rows for rg in frag.row_groups]
+            except (pa.ArrowInvalid, OSError) as e:
+                raise InputError(f"{frag.path}: not a readable Parquet file: {e}") from None
+            field = physical.field(text_column) if text_column in physical.names else None
+            if field is None:
+                raise InputError(f"{frag.path}: no text column {text_column!r} (columns: {physical.names}); "
+                                 "choose it with --text-column")
+            if not _is_string(field.type):
+                raise InputError(f"{frag.path}: text column {text_column!r} has type {field.type}, "
+                                 "expected a string column; choose another with --text-column")
+            sources.append(Source(frag.path, frag, d.schema, rg_rows))
+            schemas.append(d.schema)
+    if not sources:
+        raise InputError(f"no Parquet files found in {list(inputs)}")
+    try:
+        unified = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise InputError(f"the input files have incompatible schemas: {e}") from None
+    if columns is None:
+        columns = [n for n in unified.names if n != text_column]
+    else:
+        for c in columns:
+            if c not in unified.names:
+                raise InputError(f"column {c!r} (--id-column/--keep-columns) is in none of the input files "
+                                 f"(columns: {unified.names})")
+    if "entities" in columns:
+        raise InputError("the input has a column named 'entities', which the output adds; "
+                         "leave it out with --keep-columns")
+    for s in sources:
+        s.schema = unified
+    return sources, list(columns)
+
+
+def plan_parts(sources: Sequence[Source], rows_per_part: int) -> list[Part]:
+    if rows_per_part < 1:
+        raise ValueError("rows_per_part must be at least 1")
+    parts: list[Part] = []
+    for si, src in enumerate(sources):
+        offsets = [0]
+        for n in src.row_group_rows:
+            offsets.append(offsets[-1] + n)
+        g = 0
+        ngroups = len(src.row_group_rows)
+        while g < ngroups:
+            n = src.row_group_rows[g]
+            if n == 0:
+                g += 1
+                continue
+            if n > rows_per_part:  # cut one big row group into equal ranges
+                k = -(-n // rows_per_part)
+                for j in range(k):
+                    a = offsets[g] + n * j // k
+                    b = offsets[g] + n * (j + 1) // k
+                    parts.append(Part(len(parts), src.path, (g, g + 1), (a, b), si))
+                g += 1
+                continue
+            h = g + 1
+            while h < ngroups and offsets[h + 1] - offsets[g] <= rows_per_part:
+                h += 1
+            parts.append(Part(len(parts), src.path, (g, h), (offsets[g], offsets[h]), si))
+            g = h
+    return parts
+
+
+def read_buffers(src: Source, part: Part, columns: Sequence[str], text_column: str,
+                 max_rows: int, max_chars: int) -> Iterator[tuple[pa.Table, list]]:
+    """Stream the part's rows as ``(carried columns, texts)`` buffers of bounded size, in order."""
+    g0, g1 = part.row_groups
+    skip = part.rows[0] - sum(src.row_group_rows[:g0])
+    todo = part.num_rows
+    wanted = list(dict.fromkeys([*columns, text_column]))
+    sub = src.fragment.subset(row_group_ids=list(range(g0, g1)))
+    pending: list[pa.RecordBatch] = []
+    rows = chars = 0
+
+    def flush():
+        table = pa.Table.from_batches(pending, schema=pending[0].schema)
+        text = table.column(text_column)
+        if pa.types.is_dictionary(text.type) or pa.types.is_null(text.type):
+            text = text.cast(pa.string())
+        return table.select(list(columns)), text.to_pylist()
+
+    batch_rows = max(1, min(max_rows, 4096))
+    try:
+        for batch in sub.to_batches(schema=src.schema, columns=wanted, batch_size=batch_rows):
+            if skip:
+                if batch.num_rows <= skip:
+                    skip -= batch.num_rows
+                    continue
+                batch, skip = batch.slice(skip), 0
+            if batch.num_rows > todo:
+                batch = batch.slice(0, todo)
+            todo -= batch.num_rows
+            while batch.num_rows:
+                take = min(batch.num_rows, max_rows - rows)
+                piece = batch.slice(0, take)
+                batch = batch.slice(take)
+                pending.append(piece)
+                rows += piece.num_rows
+                text = piece.column(text_column)
+                chars += (text.cast(pa.string()) if not pa.types.is_string(text.type) else text).nbytes
+                if rows >= max_rows or chars >= max_chars:
+                    yield flush()
+                    pending, rows, chars = [], 0, 0
+            if todo <= 0:
+                break
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        raise InputError(f"{src.path}: cannot read column {text_column!r} or {list(columns)}: {e}") from None
+    if pending:
+        yield flush()
+    if todo > 0:
+        raise InputError(f"{src.path}: expected {part.num_rows} rows in part {part.index}, "
+                         f"the file has {todo} fewer (did it change while tagging?)")
