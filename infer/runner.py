@@ -157,13 +157,24 @@ def bound_malloc() -> None:
     dynamic adjustment off) returns large blocks to the system on free, so
     peak memory stays flat however many rows are tagged.  No-op elsewhere.
     """
+    global _TRIM
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+        _TRIM = libc.malloc_trim
     except (OSError, AttributeError):
         pass
+
+
+_TRIM = None
+
+
+def trim_malloc() -> None:
+    """Give freed heap pages back to the system (glibc ``malloc_trim``); called once per buffer."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def run(opts: TagOptions) -> dict:
@@ -285,13 +296,16 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
             arrays = [table.column(c) for c in columns] + [tagged.to_arrow()]
             writer.write(pa.Table.from_arrays(arrays, schema=schema))
             counts = tagged.counts()
+            rows_done = prep.num_rows
             for s in (stats, part_stats):
                 s.rows += prep.num_rows
                 s.words += prep.num_words
                 s.pieces += prep.num_pieces
                 s.padded += prep.padded_pieces
                 s.add_entities(counts)
-            bar.update(prep.num_rows)
+            del prep, tagged, table, arrays
+            trim_malloc()
+            bar.update(rows_done)
             bar.set_postfix_str(f"{stats.words / max(time.time() - t_start, 1e-9):,.0f} words/s", refresh=False)
             if crash_after and stats.rows >= crash_after:
                 os._exit(75)  # simulated kill (tests): no clean-up at all

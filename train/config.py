@@ -44,6 +44,8 @@ class ModelConfig:
     casing_dim: int = 16
     use_crf: bool = False
     """CRF output layer with IOB2-constrained Viterbi decoding."""
+    constrained_decoding: bool = True
+    """Without a CRF: decode the best IOB2-valid path over the softmax instead of the per-piece argmax."""
     dropout: float = 0.1
     head_hidden: int = 0
     """Hidden size of the feed-forward head (0 = a single linear layer)."""

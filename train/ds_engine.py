@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import socket
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -156,6 +157,9 @@ class DeepSpeedEngine:
         warmup = math.ceil(cfg.optim.warmup_ratio * total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total_steps))
         self.ds_config = ds_config
+        if ds_config.get("bf16", {}).get("enabled"):
+            log.warning("the DeepSpeed config enables bf16 weights: training keeps fp32 master weights in the "
+                        "optimizer, but evaluation and the export use the bf16 model")
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         self.module = self.model.module
@@ -209,6 +213,9 @@ class DeepSpeedEngine:
 def _quiet_deepspeed() -> None:
     """DeepSpeed logs its whole config at INFO on every rank; keep warnings only."""
     from deepspeed.utils import logger as ds_logger
+
+    # ZeRO still calls torch.distributed.all_gather_into_tensor, deprecated in recent torch
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         ds_logger.setLevel(logging.WARNING)

@@ -56,7 +56,7 @@ def build_tagger(mcfg: ModelConfig, labels: list[str], encoder_path: str, tokeni
 
     _quiet_transformers()
     kw = dict(use_casing=mcfg.use_casing, casing_dim=mcfg.casing_dim, use_crf=mcfg.use_crf,
-              dropout=mcfg.dropout, head_hidden=mcfg.head_hidden)
+              dropout=mcfg.dropout, head_hidden=mcfg.head_hidden, constrained_decoding=mcfg.constrained_decoding)
     enc_config = None
     if mcfg.type == "bert" or not mcfg.embedding_dim:
         try:
@@ -107,6 +107,8 @@ def save_export(model: TaggerBase, mcfg: ModelConfig, tokenizer, out_dir: str, e
         "context_pieces": mcfg.context_pieces,
         "use_casing": mcfg.use_casing,
         "use_crf": mcfg.use_crf,
+        "decoding": "crf-viterbi" if mcfg.use_crf else ("iob2-constrained-viterbi" if mcfg.constrained_decoding
+                                                        else "argmax"),
         "hf_compatible": hf,
         "loader": "transformers.AutoModelForTokenClassification" if hf else "train.export.load_tagger",
         "model": dataclasses.asdict(mcfg),
@@ -172,7 +174,8 @@ def load_tagger(path: str, device: str | torch.device = "cpu") -> tuple[TaggerBa
     labels = meta["labels"]
     if meta["hf_compatible"]:
         hf_model = AutoModelForTokenClassification.from_pretrained(path)
-        model = BertTagger(labels, hf_model.base_model, use_casing=False, use_crf=False, dropout=mcfg.dropout)
+        model = BertTagger(labels, hf_model.base_model, use_casing=False, use_crf=False, dropout=mcfg.dropout,
+                           constrained_decoding=mcfg.constrained_decoding)
         model.classifier.load_state_dict(hf_model.classifier.state_dict())
     else:
         model = build_tagger(mcfg, labels, path, tokenizer, pretrained=False)

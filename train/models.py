@@ -73,6 +73,34 @@ def compact(mask: torch.Tensor):
     return order, valid
 
 
+def constrained_viterbi(log_probs: torch.Tensor, mask: torch.Tensor, allowed: torch.Tensor,
+                        start_allowed: torch.Tensor) -> list[list[int]]:
+    """Best tag path per row under IOB2 constraints, from per-position log-probabilities.
+
+    ``log_probs`` [B, S, C] and ``mask`` [B, S] are left-aligned (valid positions first).
+    Used by taggers without a CRF so that decoding never produces an ``I-X`` that no
+    ``B-X``/``I-X`` precedes.
+    """
+    penalty = (~allowed).float() * -10000.0
+    score = log_probs[:, 0] + (~start_allowed).float() * -10000.0
+    history = []
+    for t in range(1, log_probs.size(1)):
+        cand = score[:, :, None] + penalty[None]  # [B, from, to]
+        best, idx = cand.max(1)
+        nxt = best + log_probs[:, t]
+        m = mask[:, t, None]
+        score = torch.where(m, nxt, score)
+        history.append(torch.where(m, idx, torch.arange(idx.size(1), device=idx.device)[None].expand_as(idx)))
+    last = score.argmax(-1)
+    paths = [last]
+    for idx in reversed(history):
+        last = idx.gather(1, last[:, None]).squeeze(1)
+        paths.append(last)
+    full = torch.stack(paths[::-1], 1)
+    lengths = mask.sum(1).tolist()
+    return [full[b, :n].tolist() for b, n in enumerate(lengths)]
+
+
 class TaggerBase(nn.Module):
     """Shared head, loss and decoding over per-piece features from ``encode``."""
 
@@ -81,9 +109,13 @@ class TaggerBase(nn.Module):
     """Longest input the model accepts (None: any)."""
 
     def __init__(self, labels: list[str], feature_dim: int, use_casing: bool, casing_dim: int,
-                 use_crf: bool, dropout: float, head_hidden: int):
+                 use_crf: bool, dropout: float, head_hidden: int, constrained_decoding: bool = True):
         super().__init__()
         self.labels = list(labels)
+        self.constrained_decoding = constrained_decoding
+        allowed, start_allowed = iob2_allowed(self.labels)
+        self.register_buffer("allowed_transitions", allowed, persistent=False)
+        self.register_buffer("allowed_starts", start_allowed, persistent=False)
         self.use_casing = use_casing
         self.casing = nn.Embedding(len(CASING_CLASSES), casing_dim, padding_idx=0) if use_casing else None
         in_dim = feature_dim + (casing_dim if use_casing else 0)
@@ -124,10 +156,14 @@ class TaggerBase(nn.Module):
 
     @torch.no_grad()
     def decode(self, batch, outputs):
-        """Per-piece (predicted class, its probability); CRF models take the Viterbi path."""
+        """Per-piece (predicted class, its probability).
+
+        With a CRF: its Viterbi path.  Without: the IOB2-constrained best path
+        over the softmax (``constrained_decoding``), or the plain argmax.
+        """
         logits = outputs["logits"].float()
         probs = logits.softmax(-1)
-        if self.crf is None:
+        if self.crf is None and not self.constrained_decoding:
             p, pred = probs.max(-1)
             return pred, p
         pred = probs.argmax(-1)
@@ -136,7 +172,11 @@ class TaggerBase(nn.Module):
         keep = valid[:, 0]
         if bool(keep.any()):
             em = logits.gather(1, order[..., None].expand(-1, -1, logits.size(-1)))[keep]
-            paths = self.crf.decode(em, mask=valid[keep])
+            if self.crf is not None:
+                paths = self.crf.decode(em, mask=valid[keep])
+            else:
+                paths = constrained_viterbi(em.log_softmax(-1), valid[keep], self.allowed_transitions,
+                                            self.allowed_starts)
             rows = keep.nonzero().flatten().tolist()
             for r, path in zip(rows, paths):
                 pred[r, order[r, :len(path)]] = torch.tensor(path, device=pred.device)
@@ -147,9 +187,9 @@ class BertTagger(TaggerBase):
     """A pre-trained transformer encoder with a token-level head."""
 
     def __init__(self, labels, encoder: nn.Module, use_casing=True, casing_dim=16, use_crf=False,
-                 dropout=0.1, head_hidden=0):
+                 dropout=0.1, head_hidden=0, constrained_decoding=True):
         super().__init__(labels, encoder.config.hidden_size, use_casing, casing_dim, use_crf, dropout,
-                         head_hidden)
+                         head_hidden, constrained_decoding)
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # unused by a token tagger; DDP refuses parameters without gradients
         self.encoder = encoder
@@ -170,8 +210,9 @@ class BiLSTMTagger(TaggerBase):
 
     def __init__(self, labels, vocab_size: int, embedding_dim: int, lstm_hidden=256, lstm_layers=2,
                  use_casing=True, casing_dim=16, use_crf=False, dropout=0.1, head_hidden=0, pad_id=0,
-                 freeze_embeddings=False):
-        super().__init__(labels, 2 * lstm_hidden, use_casing, casing_dim, use_crf, dropout, head_hidden)
+                 freeze_embeddings=False, constrained_decoding=True):
+        super().__init__(labels, 2 * lstm_hidden, use_casing, casing_dim, use_crf, dropout, head_hidden,
+                         constrained_decoding)
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
         self.embedding.weight.requires_grad_(not freeze_embeddings)
         lstm_in = embedding_dim + (casing_dim if use_casing else 0)
