@@ -161,22 +161,30 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, node, tmp
         time.sleep(0.2)
     subprocess.run(["scancel", "--signal=USR1", "--batch", str(job_id)], check=True, env=slurm_cluster.env())
 
-    # SLURM holds a requeued job for ~2 minutes (BeginTime); let it start at once
+    # SLURM holds a requeued job for ~2 minutes (Reason=BeginTime); let it start at once. States seen
+    # while the requeue happens (COMPLETING, ...) pass quickly: a final state must hold for 2 s.
     deadline = time.time() + JOB_TIMEOUT
-    released = False
+    final = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+    seen, final_since = [], None
     while True:
         job = slurm_cluster.show_job(job_id)[0]
-        if job["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
-            break
-        if job["JobState"] == "PENDING" and int(job.get("Restarts", 0)) >= 1 and not released:
+        state = (job["JobState"], job.get("Reason"), job.get("Restarts"))
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        if job["JobState"] in final:
+            final_since = final_since or time.time()
+            if time.time() - final_since >= 2:
+                break
+        else:
+            final_since = None
+        if job["JobState"] == "PENDING" and job.get("Reason") == "BeginTime":
             subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], env=slurm_cluster.env(),
                            capture_output=True)
-            released = True
-        assert time.time() < deadline, f"job {job_id} still {job['JobState']}\n" + job_log(log_path)[-4000:]
-        time.sleep(0.5)
+        assert time.time() < deadline, f"job {job_id}: states {seen}\n" + job_log(log_path)[-4000:]
+        time.sleep(0.3)
     log = job_log(log_path)
-    assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", log[-6000:]
-    assert int(job["Restarts"]) == 1, log[-6000:]
+    assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", f"states {seen}\n{log[-6000:]}"
+    assert int(job["Restarts"]) == 1, f"states {seen}\n{log[-6000:]}"
     assert "got SIGUSR1" in log and f"requeueing job {job_id}" in log
     assert "stop signal received: checkpoint written at step" in log  # the trainer saved on the way out
     # the requeued run resumed from the checkpoint instead of starting over

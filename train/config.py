@@ -86,6 +86,8 @@ class TrainLoopConfig:
     eval_every: int = 0
     """Evaluate every N optimizer steps (0 = at the end of every epoch)."""
     eval_max_tokens: int = 16384
+    eval_test: bool = False
+    """Also score the test fold at every evaluation (logged as test_f1; never used to pick the model)."""
     patience: int = 0
     """Early stopping: evaluations without improvement before stopping (0 = off)."""
     seed: int = 42

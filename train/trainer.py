@@ -321,6 +321,9 @@ def _run(cfg: Config, resume: bool, info, stop: _StopFlag) -> dict | None:
                "precision": scores["precision"], "recall": scores["recall"], "f1": scores["f1"],
                "per_type": scores["per_type"], "strict": {k: scores["strict"][k] for k in ("precision", "recall", "f1")},
                "elapsed_s": state["train_time_s"], "best": improved}
+        if cfg.train.eval_test:  # watched only: model selection stays on valid
+            test_scores, _ = evaluate(engine.module, windows["test"], folds["test"], labels, info, cfg, pad_id)
+            row["test_f1"] = test_scores["f1"]
         train_log.write(row)
         if tracker:
             tracker.log_eval(row)
