@@ -16,7 +16,6 @@ resumes; see infer/runner.py for sharding (torchrun ranks, SLURM arrays).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 

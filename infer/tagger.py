@@ -238,6 +238,9 @@ class TextTagger:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
 
+    def _decode(self, batch, outputs):
+        return self.model.decode(batch, outputs)
+
     @torch.inference_mode()
     def predict(self, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:
         """Per-word (label id, probability) over the buffer's flat word list."""
@@ -251,7 +254,7 @@ class TextTagger:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()}
             with self._autocast():
                 outputs = self.model(batch)
-            pred, prob = self.model.decode(batch, outputs)
+            pred, prob = self._decode(batch, outputs)
             mask = batch["word_index"] >= 0
             sent = batch["sentence"][:, None].expand_as(mask)[mask]
             flat = chunk_first[sent] + batch["word_index"][mask]

@@ -77,6 +77,25 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _guarded(method):
+    """wandb must never break training: on any error, log it once and stop tracking."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if not self.run:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - a logging backend failing is not a training failure
+            log.warning("wandb: %s failed (%s: %s); tracking switched off for this run",
+                        method.__name__, type(e).__name__, e)
+            self.run = None
+            return None
+
+    return wrapper
+
+
 class Tracker:
     """Created on rank 0 only (the trainer does not make one elsewhere)."""
 
@@ -125,11 +144,17 @@ class Tracker:
             f.write(self.run.id)
         log.info("wandb: %s run %s (%s) in %s", self.mode, self.run.name, self.run.id, self.run.dir)
 
+    def abandon(self) -> None:
+        """Stop tracking without talking to wandb again (after a stop signal its service may be gone)."""
+        self.run = None
+
+    @_guarded
     def log_step(self, row: dict) -> None:
         if self.run:
             self.run.log({"train/loss": row["loss"], "train/lr": row["lr"],
                           "train/tokens_per_s": row["tokens_per_s"]}, step=row["step"])
 
+    @_guarded
     def log_eval(self, row: dict) -> None:
         if self.run:
             data = {f"valid/{k}": row[k] for k in ("f1", "precision", "recall", "token_accuracy", "word_accuracy")
@@ -141,6 +166,7 @@ class Tracker:
                     data[f"valid/{etype}/{k}"] = s[k]
             self.run.log(data, step=row["step"])
 
+    @_guarded
     def finish(self, result: dict, test_sentences=None, result_preds_path: str | None = None) -> None:
         if not self.run:
             return

@@ -325,7 +325,7 @@ def _run(cfg: Config, resume: bool, info, stop: _StopFlag) -> dict | None:
             test_scores, _ = evaluate(engine.module, windows["test"], folds["test"], labels, info, cfg, pad_id)
             row["test_f1"] = test_scores["f1"]
         train_log.write(row)
-        if tracker:
+        if tracker and not stop.signum:
             tracker.log_eval(row)
         log.info("step %d valid: entity F1 %.2f (P %.2f R %.2f), token acc %.2f%s", state["step"],
                  100 * scores["f1"], 100 * scores["precision"], 100 * scores["recall"],
@@ -387,7 +387,7 @@ def _run(cfg: Config, resume: bool, info, stop: _StopFlag) -> dict | None:
                            "elapsed_s": state["train_time_s"]}
                     state["train_tokens"] += int(tokens)
                     train_log.write(row)
-                    if tracker:
+                    if tracker and not stop.signum:
                         tracker.log_step(row)
                     if progress:
                         progress.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
@@ -402,6 +402,8 @@ def _run(cfg: Config, resume: bool, info, stop: _StopFlag) -> dict | None:
                     save_checkpoint(engine, state, out, info)
                 stop_now = dist_utils.all_reduce_sum([stop.signum], info)[0] if info.distributed else stop.signum
                 if stop_now:
+                    if tracker:  # a job-wide signal may have ended wandb's service process too
+                        tracker.abandon()
                     save_checkpoint(engine, state, out, info)
                     log.warning("stop signal received: checkpoint written at step %d; exiting with code %d "
                                 "(rerun with --resume to continue)", state["step"], PREEMPTED_EXIT_CODE)
