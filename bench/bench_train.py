@@ -31,7 +31,6 @@ sys.path.insert(0, str(REPO))
 
 
 def hf_baseline(data_path: str, encoder: str, out: str, threads: int) -> dict:
-    import numpy as np
     import torch
     from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
                               Trainer, TrainingArguments)
@@ -61,7 +60,7 @@ def hf_baseline(data_path: str, encoder: str, out: str, threads: int) -> dict:
         encoder, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_to_id)
     args = TrainingArguments(output_dir=out, learning_rate=5e-5, per_device_train_batch_size=32,
                              per_device_eval_batch_size=64, num_train_epochs=3, weight_decay=0.01,
-                             group_by_length=True, save_strategy="no", eval_strategy="no", logging_steps=50,
+                             train_sampling_strategy="group_by_length", save_strategy="no", eval_strategy="no", logging_steps=50,
                              report_to=[], seed=42, use_cpu=not torch.cuda.is_available(),
                              dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=data["train"],
@@ -73,12 +72,17 @@ def hf_baseline(data_path: str, encoder: str, out: str, threads: int) -> dict:
               "num_parameters": sum(p.numel() for p in model.parameters())}
     n_tokens = sum(len(r["input_ids"]) for r in data["train"]) * 3
     result["train_tokens_per_s"] = n_tokens / wall
+    model.eval()
     for fold in ("valid", "test"):
-        pred = trainer.predict(data[fold])
-        ids = np.argmax(pred.predictions, -1)
         words = []
-        for row, lab in zip(ids, pred.label_ids):
-            words.append([labels[p] for p, l in zip(row, lab) if l != -100])
+        with torch.no_grad():
+            for b in range(0, len(data[fold]), 64):
+                rows = data[fold][b:b + 64]
+                batch = tok.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows],
+                                return_tensors="pt")
+                ids = model(**batch).logits.argmax(-1)
+                for r, row_ids in zip(rows, ids.tolist()):  # first piece of each word, as run_ner scores
+                    words.append([labels[p] for p, l in zip(row_ids, r["labels"]) if l != -100])
         result[fold] = score_words([s.tags for s in folds[fold]], words)
     return result
 
