@@ -40,8 +40,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs")
     p.add_argument("--only", choices=["bilstm_conll03", "bert_conll03"], help="train just this recipe")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    from common.distributed import setup_logging
+
+    setup_logging(rank=0)
     if not os.path.exists(args.data):
         print(f"ner-main: error: data {args.data!r} not found.\n"
               "Pass your CoNLL-2003-style JSON ({'train'|'valid'|'test': [{'tokens': [...], 'tags': [...]}]}) "
