@@ -169,7 +169,7 @@ def confusion_figure(path: str, confusions: dict[str, dict]) -> str:
     for ax, (name, conf) in zip(axes[0], confusions.items()):
         m = np.array(conf["matrix"], dtype=float)
         shown = np.log1p(m)
-        im = ax.imshow(shown, cmap="Blues", aspect="auto")
+        ax.imshow(shown, cmap="Blues", aspect="auto")
         ax.set_xticks(range(len(conf["cols"])))
         ax.set_xticklabels(conf["cols"], rotation=30, ha="right")
         ax.set_yticks(range(len(conf["rows"])))

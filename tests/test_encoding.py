@@ -15,7 +15,6 @@ from common.encoding import (
     CASE_PAD,
     CASE_TITLE,
     CASE_UPPER,
-    IGNORE_INDEX,
     WordPieceEncoder,
     align_labels,
     assign_owners,
