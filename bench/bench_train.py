@@ -10,6 +10,8 @@
 * ``bert`` / ``bilstm``: `python -m train` with `train/configs/{bert,bilstm}_conll03.toml`, with the test
   fold also scored at every evaluation (`train.eval_test=true`, watched only) so that the time to reach
   the baseline's test F1 can be read off the log.
+* ``bert@model.use_crf=true@...``: a recipe with overrides (ablations of one lever at a time); its run
+  folder is OUT/<recipe>@<overrides>.
 
 Prints one table (entity F1 valid/test, per type, training wall time, tokens/s, time to reach the HF
 test F1) and writes it as JSON to OUT/bench_train.json.  Run it alone on the machine: timings are wall
@@ -87,15 +89,16 @@ def hf_baseline(data_path: str, encoder: str, out: str, threads: int) -> dict:
     return result
 
 
-def ours(recipe: str, data_path: str, out: str, threads: int) -> dict:
+def ours(which: str, data_path: str, out: str, threads: int) -> dict:
+    recipe, *overrides = which.split("@")
     cmd = [sys.executable, "-m", "train", "--config", str(REPO / "train" / "configs" / f"{recipe}_conll03.toml"),
            "--data", data_path, "--output-dir", out, "train.eval_test=true", f"train.num_threads={threads}",
-           "train.progress=false"]
+           "train.progress=false", *overrides]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
     with open(os.path.join(out, "metrics.json")) as f:
         result = json.load(f)
-    result["name"] = f"ner-taggers {recipe}"
+    result["name"] = f"ner-taggers {which}"
     with open(os.path.join(out, "train_log.jsonl")) as f:
         result["evals"] = [r for r in map(json.loads, f) if r["event"] == "eval"]
     return result
@@ -126,7 +129,7 @@ def main() -> None:
 
     hf_test = results.get("hf", {}).get("test", {}).get("f1")
     print(f"\n# bench_train  {time.strftime('%Y-%m-%dT%H:%M:%S')}  threads {args.threads}  cpus {os.cpu_count()}")
-    print(f"{'run':28s} {'valid F1':>8s} {'test F1':>8s} {'strict':>7s}  {'PER':>5s} {'ORG':>5s} {'LOC':>5s} "
+    print(f"{'run':44s} {'valid F1':>8s} {'test F1':>8s} {'strict':>7s}  {'PER':>5s} {'ORG':>5s} {'LOC':>5s} "
           f"{'MISC':>5s}  {'train s':>8s} {'tok/s':>7s}  {'to HF test F1':>13s}")
     for which, r in results.items():
         per = r["test"]["per_type"]
@@ -134,7 +137,7 @@ def main() -> None:
         if hf_test is not None and "evals" in r:
             hit = [e for e in r["evals"] if e.get("test_f1", 0) >= hf_test]
             reach = f"{hit[0]['elapsed_s']:.0f} s" if hit else "never"
-        print(f"{r['name']:28s} {100 * r['valid']['f1']:8.2f} {100 * r['test']['f1']:8.2f} "
+        print(f"{r['name']:44s} {100 * r['valid']['f1']:8.2f} {100 * r['test']['f1']:8.2f} "
               f"{100 * r['test']['strict']['f1']:7.2f}  "
               + " ".join(f"{100 * per[t]['f1']:5.1f}" if t in per else "    -" for t in ("PER", "ORG", "LOC", "MISC"))
               + f"  {r['train_wall_s']:8.0f} {r['train_tokens_per_s']:7.0f}  {reach:>13s}")

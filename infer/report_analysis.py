@@ -125,20 +125,17 @@ def classify_spans(gold: Sequence[Span], pred: Sequence[Span], sentence: int = 0
         scored = [(-overlap(span, o), o[2] != span[2], o[0], o) for o in others if overlap(span, o)]
         return min(scored)[3] if scored else None
 
-    for i in sorted(g_free):
-        partner = best_partner(gold[i], pred)
-        if partner is None:
-            out.append(Outcome(sentence, MISSED, gold=gold[i]))
-        else:
-            cls = WRONG_BOUNDARY if partner[2] == gold[i][2] else WRONG_TYPE_BOUNDARY
-            out.append(Outcome(sentence, cls, gold=gold[i], partner=partner))
-    for j in sorted(p_free):
-        partner = best_partner(pred[j], gold)
-        if partner is None:
-            out.append(Outcome(sentence, SPURIOUS, pred=pred[j]))
-        else:
-            cls = WRONG_BOUNDARY if partner[2] == pred[j][2] else WRONG_TYPE_BOUNDARY
-            out.append(Outcome(sentence, cls, pred=pred[j], partner=partner))
+    # a leftover gold entity is missed unless a prediction overlaps it; a leftover prediction is
+    # spurious unless a gold entity overlaps it (then both are boundary errors, typed or not)
+    for side, free, spans, others, alone in (("gold", g_free, gold, pred, MISSED),
+                                             ("pred", p_free, pred, gold, SPURIOUS)):
+        for i in sorted(free):
+            partner = best_partner(spans[i], others)
+            if partner is None:
+                out.append(Outcome(sentence, alone, **{side: spans[i]}))
+            else:
+                cls = WRONG_BOUNDARY if partner[2] == spans[i][2] else WRONG_TYPE_BOUNDARY
+                out.append(Outcome(sentence, cls, partner=partner, **{side: spans[i]}))
     out.sort(key=lambda o: ((o.gold or o.pred)[0], o.gold is None))
     return out
 

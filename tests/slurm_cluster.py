@@ -319,6 +319,11 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         except OSError:
             return f"({name} not found)"
 
+    def log_tails(self, n: int = 30) -> str:
+        """The last lines of both daemons' logs, for assertion messages."""
+        return "\n".join(f"--- {name} (last {n} lines)\n{self._tail(name, n)}"
+                         for name in ("slurmctld.log", "slurmd.log"))
+
     def stop(self, only_started: bool = False) -> None:
         """Stop slurmd and slurmctld (and munged if this object started it, or if not only_started)."""
         names = ["slurmd", "slurmctld"]

@@ -161,11 +161,15 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, node, tmp
         time.sleep(0.2)
     subprocess.run(["scancel", "--signal=USR1", "--batch", str(job_id)], check=True, env=slurm_cluster.env())
 
-    # SLURM holds a requeued job for ~2 minutes (Reason=BeginTime); let it start at once. States seen
-    # while the requeue happens (COMPLETING, ...) pass quickly: a final state must hold for 2 s.
+    # SLURM holds a requeued job for CredExpire+1 s (~2 minutes, Reason=BeginTime) so that the new
+    # launch credential is not taken for the revoked one: slurmd rejects a credential of the same
+    # job id whose creation second is <= the second it revoked the old one (the job then FAILS with
+    # no output at all, as seen once in CI). Release it early, but only once a few whole seconds have
+    # passed since the requeue. States seen while the requeue happens (COMPLETING, ...) pass quickly:
+    # a final state must hold for 2 s.
     deadline = time.time() + JOB_TIMEOUT
     final = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
-    seen, final_since = [], None
+    seen, final_since, held_since = [], None, None
     while True:
         job = slurm_cluster.show_job(job_id)[0]
         state = (job["JobState"], job.get("Reason"), job.get("Restarts"))
@@ -178,12 +182,15 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, node, tmp
         else:
             final_since = None
         if job["JobState"] == "PENDING" and job.get("Reason") == "BeginTime":
-            subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], env=slurm_cluster.env(),
-                           capture_output=True)
+            held_since = held_since or time.time()
+            if time.time() - held_since >= 3:
+                subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"],
+                               env=slurm_cluster.env(), capture_output=True)
         assert time.time() < deadline, f"job {job_id}: states {seen}\n" + job_log(log_path)[-4000:]
         time.sleep(0.3)
     log = job_log(log_path)
-    assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", f"states {seen}\n{log[-6000:]}"
+    assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", (
+        f"states {seen}\n{log[-6000:]}\n{slurm_cluster.log_tails()}")
     assert int(job["Restarts"]) == 1, f"states {seen}\n{log[-6000:]}"
     assert "got SIGUSR1" in log and f"requeueing job {job_id}" in log
     assert "stop signal received: checkpoint written at step" in log  # the trainer saved on the way out
