@@ -295,7 +295,7 @@ def _run(cfg: Config, resume: bool, info, stop: _StopFlag) -> dict | None:
         total_steps = min(total_steps, cfg.train.max_steps) if cfg.train.epochs else cfg.train.max_steps
     epochs = math.ceil(total_steps / steps_per_epoch)
     engine = make_engine(model, cfg, info, total_steps)
-    log.info("%s tagger, %.1fM parameters, %d processes on %s (%s), %d steps (%d per epoch)",
+    log.info("%s tagger, %.1fM parameters, %d process(es) on %s (engine %s), %d steps (%d per epoch)",
              cfg.model.type, num_parameters / 1e6, info.world_size, info.device, engine.name, total_steps,
              steps_per_epoch)
 
