@@ -102,14 +102,6 @@ def gather_objects(obj, info: DistInfo) -> list:
     return parts
 
 
-def broadcast_object(obj, info: DistInfo, src: int = 0):
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 class RankFilter(logging.Filter):
     """Let records through on rank 0 only (or on every rank when ``all_ranks``)."""
 

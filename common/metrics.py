@@ -1,10 +1,9 @@
-"""Token accuracy and entity-level precision/recall/F1 (seqeval).
+"""Entity-level precision/recall/F1 (seqeval).
 
 The headline number is seqeval's default mode, which reads tags as conlleval
 does; strict IOB2 mode is reported beside it.  Under DDP the word-level
-predictions of all ranks are gathered and scored once on every rank, so the
-distributed score equals the single-process score (sentences are keyed by
-their index, so none is scored twice).
+predictions of all ranks are gathered (``taggers.predict``) and scored once,
+so the distributed score equals the single-process score.
 """
 
 from __future__ import annotations
@@ -13,27 +12,6 @@ from typing import Sequence
 
 from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
-
-from .encoding import IGNORE_INDEX
-
-
-def token_accuracy_counts(predictions, labels) -> tuple[int, int]:
-    """(correct, total) over positions whose label is not -100. Works on tensors or nested lists."""
-    try:
-        import torch
-
-        if isinstance(labels, torch.Tensor):
-            mask = labels != IGNORE_INDEX
-            return int((predictions[mask] == labels[mask]).sum()), int(mask.sum())
-    except ImportError:  # pragma: no cover
-        pass
-    correct = total = 0
-    for p_row, l_row in zip(predictions, labels):
-        for p, l in zip(p_row, l_row):
-            if l != IGNORE_INDEX:
-                total += 1
-                correct += int(p == l)
-    return correct, total
 
 
 def _report(gold, pred, **kwargs) -> dict:
@@ -74,17 +52,3 @@ def score_words(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) ->
     total = sum(len(g) for g in gold)
     scores["word_accuracy"] = correct / total if total else 0.0
     return scores
-
-
-def gather_predictions(local: dict[int, list[str]], info) -> dict[int, list[str]]:
-    """Merge ``{sentence_index: tags}`` from all ranks (``info``: a ``DistInfo``).
-
-    A sentence that reached two ranks counts once.
-    """
-    from .distributed import gather_objects
-
-    merged: dict[int, list[str]] = {}
-    for part in gather_objects(local, info):
-        for k, v in part.items():
-            merged.setdefault(k, v)
-    return merged

@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 
-from common.metrics import entity_scores, score_words, token_accuracy_counts
-from common.spans import span_scores, tags_to_spans
+from common.metrics import entity_scores, score_words
+from common.spans import tags_to_spans
 
 GOLD = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"], ["O", "B-MISC", "I-MISC"]]
 PRED = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "O"], ["O", "B-MISC", "O"]]
@@ -71,14 +70,6 @@ def test_score_words():
     assert s["f1"] == pytest.approx(0.5)
 
 
-def test_token_accuracy_counts():
-    labels = torch.tensor([[-100, 1, 2, -100], [-100, 0, -100, -100]])
-    preds = torch.tensor([[5, 1, 0, 7], [1, 0, 3, 3]])
-    assert token_accuracy_counts(preds, labels) == (2, 3)
-    assert token_accuracy_counts(preds.tolist(), labels.tolist()) == (2, 3)
-    assert token_accuracy_counts(torch.zeros(1, 2, dtype=torch.long), torch.full((1, 2), -100)) == (0, 0)
-
-
 @pytest.mark.parametrize("tags,spans", [
     (["O", "O"], []),
     (["B-PER", "I-PER", "O", "B-LOC"], [(0, 2, "PER"), (3, 4, "LOC")]),
@@ -91,10 +82,6 @@ def test_token_accuracy_counts():
 ])
 def test_tags_to_spans(tags, spans):
     assert tags_to_spans(tags) == spans
-
-
-def test_span_scores():
-    assert span_scores([(0, 2, "PER"), (3, 4, "LOC")], [0.5, 1.0, 0.1, 0.8]) == pytest.approx([0.75, 0.8])
 
 
 def test_default_mode_agrees_with_tags_to_spans():
