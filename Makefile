@@ -24,7 +24,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 setup: $(VENV)/.installed
 
 main: setup
-	$(PY) -m infer.pipeline --data "$(DATA)" --corpus "$(CORPUS)" --out "$(OUT)"
+	$(PY) -m pipeline --data "$(DATA)" --corpus "$(CORPUS)" --out "$(OUT)"
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

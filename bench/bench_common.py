@@ -58,7 +58,7 @@ def main(argv=None) -> None:
 
     from common.batching import TokenBudgetBatchSampler, padding_efficiency, token_budget_batches
     from common.data import label_list, load_folds
-    from common.encoding import WordPieceEncoder
+    from common.encoding import PieceWindower
 
     model = args.model
     if model is None:
@@ -86,12 +86,12 @@ def main(argv=None) -> None:
         print(f"load CoNLL folder        {time.perf_counter() - t0:7.3f} s  ({args.conll_dir})")
 
     labels = label_list(folds["train"])
-    enc = WordPieceEncoder(tok, labels, max_length=args.max_length)
+    enc = PieceWindower(tok, labels, max_length=args.max_length)
     encoded = {}
     total_t = total_pieces = total_words = 0
     for fold, sents in folds.items():
         t0 = time.perf_counter()
-        windows = enc.encode(sents)
+        windows = enc.windows(sents)
         dt = time.perf_counter() - t0
         encoded[fold] = windows
         n_pieces = sum(len(w) for w in windows)

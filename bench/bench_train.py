@@ -92,7 +92,7 @@ def hf_baseline(data_path: str, encoder: str, out: str, threads: int) -> dict:
 def ours(which: str, data_path: str, out: str, threads: int) -> dict:
     recipe, *overrides = which.split("@")
     cmd = [sys.executable, "-m", "train", "--config", str(REPO / "train" / "configs" / f"{recipe}_conll03.toml"),
-           "--data", data_path, "--output-dir", out, "train.eval_test=true", f"train.num_threads={threads}",
+           "--data", data_path, "--output-dir", out, "--overwrite", "train.eval_test=true", f"train.num_threads={threads}",
            "train.progress=false", *overrides]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)

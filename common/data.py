@@ -4,6 +4,9 @@ Everything is converted to IOB2 on load.  Bad input raises :class:`DataError`
 with the file, fold, sentence index and problem; ill-formed IOB2 (an ``I-X``
 that follows ``O`` or another type) is repaired the way conlleval reads it
 (the ``I-X`` opens a new entity) and counted, with one warning per fold.
+Files may start with a UTF-8 byte order mark.  After loading, the caller checks
+that every fold's tags are in the model's label set with
+:func:`check_fold_labels`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,26 @@ OUTSIDE = "O"
 
 class DataError(ValueError):
     """Input data that cannot be used as it is; the message says where and why."""
+
+
+def normalise_scheme(value: str) -> str:
+    """The canonical spelling (one of :data:`SCHEMES`) of a tagging scheme name given in any case.
+
+    ``normalise_scheme("iob2") == "IOB2"``; an unknown value raises :class:`DataError`
+    listing the allowed ones.
+    """
+    if isinstance(value, str):
+        for scheme in SCHEMES:
+            if value.lower() == scheme.lower():
+                return scheme
+    raise DataError(f"unknown tagging scheme {value!r}: expected one of {', '.join(SCHEMES)} (any case)")
+
+
+def _checked_scheme(value: str, path: str) -> str:
+    try:
+        return normalise_scheme(value)
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
 
 
 @dataclass
@@ -152,6 +175,10 @@ def _normalise_fold(sentences: list[Sentence], path: str, fold: str, scheme: str
     repaired_total = 0
     allowed_types = None
     if labels is not None:
+        for label in labels:
+            if _entity_type(label) is None and label != OUTSIDE:
+                raise DataError(f"{path}: the given label set {list(labels)} has {label!r}, which is not "
+                                "a tag (O or B-/I-/E-/S- followed by a type)")
         allowed_types = {split_tag(t)[1] for t in labels} - {None}
     for s in tagged:
         where = f"{path}: fold {fold!r}, sentence {s.index}"
@@ -178,9 +205,11 @@ def read_json(path: str, folds: Sequence[str] = FOLDS, scheme: str = "auto",
 
     Extra fields are kept in ``Sentence.extra`` (``doc`` goes to ``Sentence.doc``).
     A sentence without ``doc`` inherits none; sentences stay in file order.
+    A fold may be empty here (:func:`load_folds` refuses that).
     """
+    scheme = _checked_scheme(scheme, path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:   # -sig: a leading byte order mark is skipped
             obj = json.load(f)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
@@ -219,10 +248,11 @@ def read_conll(path: str, fold: str = "data", scheme: str = "auto", labels: Sequ
     """Read a CoNLL column file: token first, tag last, blank line between sentences.
 
     ``-DOCSTART-`` lines start a new document (``Sentence.doc`` counts them);
-    without any, ``doc`` stays ``None``.
+    without any, ``doc`` stays ``None``.  A file without sentences is refused.
     """
+    scheme = _checked_scheme(scheme, path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:   # -sig: a leading byte order mark is skipped
             lines = f.read().splitlines()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
@@ -264,7 +294,7 @@ def read_conll(path: str, fold: str = "data", scheme: str = "auto", labels: Sequ
             extra_cols.append(cols[1:-1])
     flush()
     if not sentences:
-        raise DataError(f"{path}: no sentences found")
+        raise DataError(f"{path}: fold {fold!r} has no sentences")
     return _normalise_fold(sentences, path, fold, scheme, labels)
 
 
@@ -272,8 +302,10 @@ def load_folds(path: str, folds: Sequence[str] = FOLDS, scheme: str = "auto",
                labels: Sequence[str] | None = None) -> dict[str, list[Sentence]]:
     """Load labelled folds from a JSON file or a folder of CoNLL files.
 
-    A folder must hold ``{fold}.txt`` (or ``.conll``/``.iob``) per fold.
+    A folder must hold ``{fold}.txt`` (or ``.conll``/``.iob``) per fold.  Every requested fold must
+    have sentences; ``scheme`` is one of :data:`SCHEMES` in any case.
     """
+    scheme = _checked_scheme(scheme, path)
     if not os.path.exists(path):
         raise DataError(
             f"{path}: data not found. Pass the path of your CoNLL-style JSON "
@@ -294,7 +326,12 @@ def load_folds(path: str, folds: Sequence[str] = FOLDS, scheme: str = "auto",
         if len(folds) != 1:
             raise DataError(f"{path}: a single CoNLL file holds one fold; pass a folder for {list(folds)}")
         return {folds[0]: read_conll(path, folds[0], scheme, labels)}
-    return read_json(path, folds, scheme, labels)
+    out = read_json(path, folds, scheme, labels)
+    empty = [fold for fold in folds if not out[fold]]
+    if empty:
+        raise DataError(f"{path}: fold {empty[0]!r} has no sentences" if len(empty) == 1 else
+                        f"{path}: folds {', '.join(map(repr, empty))} have no sentences")
+    return out
 
 
 def label_list(sentences: Iterable[Sentence]) -> list[str]:
@@ -315,8 +352,67 @@ def labels_for_types(types: Sequence[str]) -> list[str]:
     return labels
 
 
-def entity_types(labels: Sequence[str]) -> list[str]:
-    return sorted({split_tag(t)[1] for t in labels} - {None})
+def _entity_type(tag) -> str | None:
+    """The entity type of a tag; ``None`` for ``O`` and for anything that is not a tag."""
+    if not isinstance(tag, str):
+        return None
+    try:
+        return split_tag(tag)[1]
+    except ValueError:
+        return None
+
+
+def _preview(tokens: Sequence[str], n: int = 6) -> str:
+    words = " ".join(tokens[:n])
+    return repr(words + " ..." if len(tokens) > n else words)
+
+
+def check_fold_labels(folds: dict[str, list[Sentence]], labels: Sequence[str], path: str) -> None:
+    """Refuse folds that use a tag outside ``labels``, the model's IOB2 tag set.
+
+    Folds are checked in order; the :class:`DataError` names ``path``, the first offending fold and
+    sentence (its index and first words), the tag and its token.  When ``labels`` is the tag set of
+    the train fold (``label_list(folds["train"])``, what the trainer uses without ``data.labels``),
+    the message suggests ``data.labels=[...]`` listing the tags of ``labels`` and all folds.
+
+    Entity types that differ only in case (``LOC`` and ``loc``, in the folds or ``labels``) are
+    separate types to the model: one warning names them all, before any error.
+    """
+    known = set(labels)
+    types = {t for t in map(_entity_type, labels) if t is not None}
+    for sentences in folds.values():
+        for s in sentences:
+            for tag in s.tags or ():
+                if tag not in known:
+                    etype = _entity_type(tag)
+                    if etype is not None:
+                        types.add(etype)
+    by_case: dict[str, list[str]] = {}
+    for t in sorted(types):
+        by_case.setdefault(t.casefold(), []).append(t)
+    clashes = [group for group in by_case.values() if len(group) > 1]
+    if clashes:
+        log.warning("%s: entity types that differ only in case: %s; they are different types to the "
+                    "model (rename one if they mean the same)", path,
+                    "; ".join(" and ".join(map(repr, group)) for group in clashes))
+    known_types = {t for t in map(_entity_type, labels) if t is not None}
+    for fold, sentences in folds.items():
+        for s in sentences:
+            for i, tag in enumerate(s.tags or ()):
+                if tag in known:
+                    continue
+                where = f"{path}: fold {fold!r}, sentence {s.index} ({_preview(s.tokens)})"
+                problem = f"tag {tag!r} at token {i} ({s.tokens[i]!r})"
+                etype = _entity_type(tag)
+                same = sorted(k for k in known_types if etype is not None and k != etype
+                              and k.casefold() == etype.casefold())
+                hint = f" (the label set has type {same[0]!r}, which differs only in case)" if same else ""
+                if "train" in folds and list(labels) == label_list(folds["train"]):
+                    union = json.dumps(labels_for_types(sorted(types)), separators=(",", ":"))
+                    raise DataError(f"{where}: {problem} never occurs in fold 'train', which gives the "
+                                    f"label set{hint}; to train with the tags of all folds, set "
+                                    f"data.labels={union}")
+                raise DataError(f"{where}: {problem} is not in the label set {list(labels)}{hint}")
 
 
 def assign_documents(sentences: list[Sentence]) -> list[Sentence]:

@@ -70,12 +70,21 @@ def setup(device: str = "auto", timeout_s: int = 1800, init_process_group: bool 
     return info
 
 
-def teardown() -> None:
-    """Destroy the process group if there is one (safe to call twice)."""
-    if dist.is_available() and dist.is_initialized():
+def teardown(completed: bool = True) -> None:
+    """Destroy the process group if there is one (safe to call twice).
+
+    After a completed run, ranks first meet in a barrier so none leaves while
+    another still communicates.  After an error there is no collective at
+    all: the peers may be waiting in another one, and a barrier here would
+    hang the job until the process-group timeout; this rank exits instead,
+    and torchrun stops the others.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if completed:
         with contextlib.suppress(Exception):
             dist.barrier()
-        dist.destroy_process_group()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:

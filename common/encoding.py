@@ -1,7 +1,7 @@
 """Word-level sentences to word pieces, and word-piece predictions back to words.
 
-One encoder serves both taggers, training and inference.  It calls the
-transformer's fast tokenizer once for a whole list of sentences
+One :class:`PieceWindower` serves both taggers, training and inference.  It
+calls the transformer's fast tokenizer once for a whole list of sentences
 (``is_split_into_words=True``) and reads ``word_ids()`` to know which pieces
 belong to which word.
 
@@ -132,8 +132,8 @@ def align_labels(tags: Sequence[str], pieces_per_word: Sequence[int], label_to_i
     return out
 
 
-class WordPieceEncoder:
-    """Encodes word-level sentences for both taggers.
+class PieceWindower:
+    """Turns word-level sentences into word-piece windows for both taggers.
 
     ``labels`` is the ordered tag list (index = class id).  ``max_length``
     counts special tokens.  ``context_pieces`` > 0 adds up to that many pieces
@@ -178,8 +178,8 @@ class WordPieceEncoder:
         return out
 
     # --- windows --------------------------------------------------------------------------------
-    def encode(self, sentences: Sequence[Sentence], with_labels: bool = True) -> list[EncodedWindow]:
-        """Encode sentences (with their tags when ``with_labels``) into windows.
+    def windows(self, sentences: Sequence[Sentence], with_labels: bool = True) -> list[EncodedWindow]:
+        """Sentences (with their tags when ``with_labels``) as model windows.
 
         Context, when enabled, comes from the neighbouring sentences of the
         list that share ``doc`` (``None`` docs never share context).
@@ -266,26 +266,3 @@ class WordPieceEncoder:
             word_index = word_index + [-1]
             scored = scored + [0]
         return EncodedWindow(si, ids, labels, casing, word_index, scored)
-
-
-def words_from_pieces(windows: Sequence[EncodedWindow], piece_predictions: Sequence[Sequence],
-                      sentence_lengths: Sequence[int]) -> list[list]:
-    """Map per-piece predictions back to one prediction per word.
-
-    ``piece_predictions[k][p]`` is the prediction (a label id, a label, a
-    probability...) for piece ``p`` of window ``k``.  Raises if a word gets no
-    prediction or two: the windows must cover every word exactly once.
-    """
-    out: list[list] = [[None] * n for n in sentence_lengths]
-    seen = [[False] * n for n in sentence_lengths]
-    for win, preds in zip(windows, piece_predictions):
-        for p, w in enumerate(win.word_index):
-            if w >= 0:
-                if seen[win.sentence][w]:
-                    raise AssertionError(f"word {w} of sentence {win.sentence} predicted twice")
-                seen[win.sentence][w] = True
-                out[win.sentence][w] = preds[p]
-    for si, flags in enumerate(seen):
-        if not all(flags):
-            raise AssertionError(f"sentence {si}: words {[i for i, f in enumerate(flags) if not f]} not predicted")
-    return out

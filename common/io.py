@@ -36,6 +36,8 @@ def atomic_write(path: str, mode: str = "w") -> Iterator:
     try:
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it visible (a crash keeps the old file)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

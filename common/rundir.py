@@ -18,6 +18,7 @@ than file names of their own.
 from __future__ import annotations
 
 import os
+import shutil
 
 from .io import atomic_write, read_jsonl, read_toml, write_json, write_jsonl
 
@@ -125,3 +126,18 @@ class RunFolder:
     def write_predictions(self, fold: str, rows) -> None:
         os.makedirs(os.path.join(self.root, PREDICTIONS), exist_ok=True)
         write_jsonl(self.predictions_path(fold), rows)
+
+    def clear(self) -> None:
+        """Delete everything this schema names (``--overwrite``); other files in the folder stay."""
+        for name in (CONFIG, TRAIN_LOG, METRICS, WANDB_RUN_ID):
+            path = os.path.join(self.root, name)
+            if os.path.exists(path):
+                os.remove(path)
+        for name in (PREDICTIONS, EXPORT, CHECKPOINTS):
+            shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+    def clear_results(self) -> None:
+        """Delete the final scores and predictions: training is about to change the export they describe."""
+        if os.path.exists(self.metrics_path):
+            os.remove(self.metrics_path)
+        shutil.rmtree(os.path.join(self.root, PREDICTIONS), ignore_errors=True)

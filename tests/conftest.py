@@ -151,7 +151,7 @@ def conll_folds(conll_json_path):
 def conll_train_piece_lengths(conll_folds, tokenizer) -> list[int]:
     """Window lengths (word pieces incl. [CLS]/[SEP], max_length 512) of the CoNLL train windows."""
     from common.data import label_list
-    from common.encoding import WordPieceEncoder
+    from common.encoding import PieceWindower
 
-    enc = WordPieceEncoder(tokenizer, label_list(conll_folds["train"]), max_length=512)
-    return [len(w) for w in enc.encode(conll_folds["train"], with_labels=False)]
+    enc = PieceWindower(tokenizer, label_list(conll_folds["train"]), max_length=512)
+    return [len(w) for w in enc.windows(conll_folds["train"], with_labels=False)]

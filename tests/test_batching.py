@@ -171,10 +171,10 @@ def test_collate_windows():
 
 def test_collate_real_windows(tokenizer):
     from common.data import Sentence, labels_for_types
-    from common.encoding import WordPieceEncoder
+    from common.encoding import PieceWindower
 
-    enc = WordPieceEncoder(tokenizer, labels_for_types(["PER"]), max_length=16)
-    windows = enc.encode([Sentence(["Peter", "Blackburn", "said"], ["B-PER", "I-PER", "O"]),
+    enc = PieceWindower(tokenizer, labels_for_types(["PER"]), max_length=16)
+    windows = enc.windows([Sentence(["Peter", "Blackburn", "said"], ["B-PER", "I-PER", "O"]),
                           Sentence(["Paris"], ["O"])])
     batch = collate_windows(windows, enc.pad_id)
     assert batch["input_ids"].shape == (2, 5)

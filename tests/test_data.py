@@ -9,13 +9,15 @@ import pytest
 
 from common.data import (
     DataError,
+    SCHEMES,
     Sentence,
     assign_documents,
+    check_fold_labels,
     detect_scheme,
-    entity_types,
     label_list,
     labels_for_types,
     load_folds,
+    normalise_scheme,
     read_conll,
     read_json,
     split_tag,
@@ -187,7 +189,6 @@ def test_label_list_stable_order(tiny_conll_json):
     assert label_list(folds["valid"]) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
     assert label_list([Sentence(["a"], ["O"])]) == ["O"]
     assert labels_for_types(["A", "B"]) == ["O", "B-A", "I-A", "B-B", "I-B"]
-    assert entity_types(expected) == ["LOC", "MISC", "ORG", "PER"]
 
 
 def test_split_tag():
@@ -301,12 +302,194 @@ def test_conll_errors(tmp_path):
         read_conll(str(path), "valid")
 
     path.write_text("-DOCSTART- -X- -X- O\n\n\n", encoding="utf-8")
-    with pytest.raises(DataError, match=re.escape(str(path)) + r": no sentences found"):
+    with pytest.raises(DataError, match=re.escape(str(path)) + r": fold 'valid' has no sentences"):
         read_conll(str(path), "valid")
 
     path.write_text("a O\n\nb S-PER\nc I-PER\n\nd B-LOC\n", encoding="utf-8")   # E/S tag in declared IOB2
     with pytest.raises(DataError, match=r"fold 'valid', sentence 1: tag 'S-PER' is not valid in IOB2"):
         read_conll(str(path), "valid", scheme="IOB2")
+
+
+# --- empty folds -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("empty,named", [
+    (["test"], "fold 'test' has no sentences"),
+    (["valid"], "fold 'valid' has no sentences"),
+    (["train"], "fold 'train' has no sentences"),
+    (["train", "valid", "test"], "folds 'train', 'valid', 'test' have no sentences"),
+])
+def test_empty_json_fold_refused_at_load(write_json, tiny_data, empty, named):
+    for fold in empty:
+        tiny_data[fold] = []
+    path = write_json(tiny_data)
+    with pytest.raises(DataError, match="^" + re.escape(f"{path}: {named}") + "$"):
+        load_folds(str(path))
+
+
+def test_empty_json_fold_refused_only_when_requested(write_json, tiny_data):
+    tiny_data["train"] = []
+    path = write_json(tiny_data)
+    assert [s.tokens[0] for s in load_folds(str(path), folds=("test",))["test"]] == ["Japan", "Nadim"]
+    with pytest.raises(DataError, match=re.escape(f"{path}: fold 'train' has no sentences")):
+        load_folds(str(path), folds=("train", "test"))
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "-DOCSTART- -X- -X- O\n\n"])
+def test_empty_conll_fold_refused_with_fold_named(tiny_conll_dir, content):
+    path = tiny_conll_dir / "test.txt"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match="^" + re.escape(f"{path}: fold 'test' has no sentences") + "$"):
+        load_folds(str(tiny_conll_dir))
+
+
+# --- byte order mark -------------------------------------------------------------------------------
+
+def _same_sentences(a, b):
+    assert list(a) == list(b)
+    for fold in a:
+        assert [(s.tokens, s.tags, s.doc, s.index, s.extra) for s in a[fold]] == \
+            [(s.tokens, s.tags, s.doc, s.index, s.extra) for s in b[fold]]
+
+
+def test_json_with_bom_loads_like_without(tiny_conll_json, tmp_path):
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + tiny_conll_json.read_bytes())
+    _same_sentences(load_folds(str(bom)), load_folds(str(tiny_conll_json)))
+
+
+def test_conll_with_bom_loads_like_without(tiny_conll_dir, tmp_path):
+    bom_dir = tmp_path / "bom"
+    bom_dir.mkdir()
+    for f in tiny_conll_dir.iterdir():
+        (bom_dir / f.name).write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    with_bom, without = load_folds(str(bom_dir)), load_folds(str(tiny_conll_dir))
+    _same_sentences(with_bom, without)
+    assert [s.doc for s in with_bom["train"]] == [0, 0, 1, 1]   # the first -DOCSTART- is still seen
+    assert with_bom["train"][0].tokens[0] == "EU"
+
+
+# --- labels of valid/test against the model's label set --------------------------------------------
+
+def test_check_fold_labels_accepts_known_tags(tiny_conll_json):
+    folds = load_folds(str(tiny_conll_json))
+    check_fold_labels(folds, label_list(folds["train"]), str(tiny_conll_json))
+    check_fold_labels({"test": folds["test"]}, ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"], "x.json")
+
+
+def test_check_fold_labels_names_fold_sentence_and_suggests_labels(write_json, tiny_data):
+    tiny_data["test"].append({"tokens": ["The", "United", "Nations", "met", "in", "New", "York", "today"],
+                              "tags": ["O", "B-GPE", "I-GPE", "O", "O", "B-LOC", "I-LOC", "O"]})
+    tiny_data["test"].append({"tokens": ["x"], "tags": ["B-FAC"]})
+    path = write_json(tiny_data)
+    folds = load_folds(str(path))
+    with pytest.raises(DataError) as err:
+        check_fold_labels(folds, label_list(folds["train"]), str(path))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{path}: fold 'test', sentence 2 ('The United Nations met in New ...'): "
+                          "tag 'B-GPE' at token 1 ('United') never occurs in fold 'train'")
+    assert msg.endswith('set data.labels=["O","B-FAC","I-FAC","B-GPE","I-GPE","B-LOC","I-LOC",'
+                        '"B-MISC","I-MISC","B-ORG","I-ORG","B-PER","I-PER"]')
+
+
+def test_check_fold_labels_with_given_label_set(write_json, tiny_data):
+    path = write_json(tiny_data)
+    folds = load_folds(str(path))
+    labels = ["O", "B-LOC", "I-LOC", "B-PER"]     # no I-PER: the model cannot tag "Peter Blackburn"
+    with pytest.raises(DataError, match="^" + re.escape(
+            f"{path}: fold 'train', sentence 1 ('Peter Blackburn'): tag 'I-PER' at token 1 ('Blackburn') "
+            f"is not in the label set {labels}") + "$"):
+        check_fold_labels({"train": folds["train"][1:2], "valid": folds["valid"]}, labels, str(path))
+
+
+def test_check_fold_labels_hints_at_case(write_json):
+    path = write_json({"train": [{"tokens": ["Paris"], "tags": ["B-LOC"]}],
+                       "valid": [{"tokens": ["Rome"], "tags": ["B-loc"]}]})
+    folds = load_folds(str(path), folds=("train", "valid"))
+    with pytest.raises(DataError, match=r"fold 'valid', sentence 0 \('Rome'\): tag 'B-loc' at token 0 \('Rome'\) "
+                       r"never occurs in fold 'train', which gives the label set \(the label set has type "
+                       r"'LOC', which differs only in case\)"):
+        check_fold_labels(folds, label_list(folds["train"]), str(path))
+
+
+def test_types_differing_in_case_warn_once(write_json, caplog):
+    path = write_json({
+        "train": [{"tokens": ["Paris", "Rome"], "tags": ["B-LOC", "B-loc"]}] * 5,
+        "valid": [{"tokens": ["Paris", "Ann"], "tags": ["B-loc", "B-Per"]}] * 5,
+        "test": [{"tokens": ["Paris", "Bob"], "tags": ["B-LOC", "B-PER"]}] * 5,
+    })
+    folds = load_folds(str(path))
+    labels = label_list(folds["train"]) + ["B-PER", "I-PER", "B-Per", "I-Per"]
+    with caplog.at_level(logging.WARNING, logger="common.data"):
+        check_fold_labels(folds, labels, str(path))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"{path}: entity types that differ only in case: 'LOC' and 'loc'; "
+                                  "'PER' and 'Per'")
+
+
+def test_types_differing_in_case_warn_before_error(write_json, caplog):
+    path = write_json({"train": [{"tokens": ["Paris"], "tags": ["B-LOC"]}],
+                       "valid": [{"tokens": ["Rome"], "tags": ["B-loc"]}] * 3})
+    folds = load_folds(str(path), folds=("train", "valid"))
+    with caplog.at_level(logging.WARNING, logger="common.data"), pytest.raises(DataError):
+        check_fold_labels(folds, label_list(folds["train"]), str(path))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'LOC' and 'loc'" in warnings[0]
+
+
+def test_invalid_given_labels_refused(write_json, tiny_data):
+    path = write_json(tiny_data)
+    with pytest.raises(DataError, match="^" + re.escape(
+            f"{path}: the given label set ['O', 'PER'] has 'PER', which is not a tag") + r" \(O or"):
+        load_folds(str(path), labels=["O", "PER"])
+
+
+# --- scheme names ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value,canonical", [
+    ("iob2", "IOB2"), ("Iob1", "IOB1"), ("bioes", "BIOES"), ("BIOES", "BIOES"), ("auto", "auto"), ("AUTO", "auto")])
+def test_normalise_scheme(value, canonical):
+    assert normalise_scheme(value) == canonical
+    assert canonical in SCHEMES
+
+
+@pytest.mark.parametrize("bad", ["iob3", "BIO", "", None, 2])
+def test_normalise_scheme_refuses_unknown(bad):
+    with pytest.raises(DataError, match=re.escape(f"unknown tagging scheme {bad!r}: expected one of "
+                                                  "auto, IOB1, IOB2, BIOES (any case)")):
+        normalise_scheme(bad)
+
+
+@pytest.mark.parametrize("scheme", ["bioes", "Bioes", "auto", "AUTO"])
+def test_scheme_any_case_in_loaders(write_json, tmp_path, write_conll, scheme):
+    records = [{"tokens": ["w"] * len(t), "tags": t} for t in BIOES_TAGS]
+    path = write_json({"train": records})
+    assert [s.tags for s in read_json(str(path), folds=("train",), scheme=scheme)["train"]] == BIOES_AS_IOB2
+    assert [s.tags for s in load_folds(str(path), folds=("train",), scheme=scheme)["train"]] == BIOES_AS_IOB2
+    conll = write_conll(tmp_path / "train.txt", records, docstart=False, extra_cols=False)
+    assert [s.tags for s in read_conll(str(conll), "train", scheme=scheme)] == BIOES_AS_IOB2
+
+
+def test_scheme_iob2_any_case_counts_repairs(write_json, caplog):
+    path = write_json({"train": [{"tokens": ["a", "b"], "tags": ["O", "I-PER"]},
+                                 {"tokens": ["a"], "tags": ["I-LOC"]}]})
+    with caplog.at_level(logging.WARNING, logger="common.data"):
+        folds = load_folds(str(path), folds=("train",), scheme="iob2")
+    assert [s.tags for s in folds["train"]] == [["O", "B-PER"], ["B-LOC"]]
+    assert "2 ill-formed" in caplog.text
+
+
+def test_unknown_scheme_refused_by_loaders(tiny_conll_json, tiny_conll_dir):
+    allowed = "expected one of auto, IOB1, IOB2, BIOES (any case)"
+    for path in (tiny_conll_json, tiny_conll_dir, tiny_conll_dir / "nope"):
+        with pytest.raises(DataError, match="^" + re.escape(f"{path}: unknown tagging scheme 'iob3': {allowed}")):
+            load_folds(str(path), scheme="iob3")
+    with pytest.raises(DataError, match="^" + re.escape(f"{tiny_conll_json}: unknown tagging scheme 'BIO'")):
+        read_json(str(tiny_conll_json), scheme="BIO")
+    conll = tiny_conll_dir / "train.txt"
+    with pytest.raises(DataError, match="^" + re.escape(f"{conll}: unknown tagging scheme 'BIO'")):
+        read_conll(str(conll), "train", scheme="BIO")
 
 
 # --- the real shared data --------------------------------------------------------------------------

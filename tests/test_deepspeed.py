@@ -173,7 +173,7 @@ def test_zero2_two_processes_stop_resume_and_tag(tmp_path, tiny_bert_dir, tiny_d
     assert sent, f"no training step was logged (exit code {proc.returncode}): {err[-3000:]}"
     assert proc.returncode != 0 and "stop signal received" in err, err[-3000:]
     ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
-    stopped_at = int(ckpt.name[5:])
+    stopped_at = int(ckpt.name[5:].split("-")[0])  # step_N, or step_N-k for a step saved again
     # ZeRO-2: the optimizer state is partitioned, one file per rank
     assert sorted(p.name for p in (ckpt / "deepspeed").glob("*optim_states.pt")) == [
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
@@ -190,15 +190,16 @@ def test_zero2_two_processes_stop_resume_and_tag(tmp_path, tiny_bert_dir, tiny_d
     assert res.stderr.count("best model (step") == 2  # rank 0 logs only
 
     # 3. the best export tags text
-    from train.export import load_tagger
-    from train.trainer import predict_words
-
-    model, encoder = load_tagger(str(out / "export"))
     from common.data import Sentence
+    from taggers.export import load_tagger
+    from taggers.predict import predict_windows
 
+    model, windower = load_tagger(str(out / "export"))
     texts = [["Peter", "Blackburn", "visited", "Brussels", "."], ["EU", "rejects", "German", "call"]]
-    windows = encoder.encode([Sentence(t, None, None, i) for i, t in enumerate(texts)], with_labels=False)
-    preds, probs, _ = predict_words(model, windows, [len(t) for t in texts], DistInfo(), 4096, pad_id=encoder.pad_id)
+    windows = windower.windows([Sentence(t, None, None, i) for i, t in enumerate(texts)], with_labels=False)
+    predicted = predict_windows(model, windows, [len(t) for t in texts], DistInfo().device, max_tokens=4096,
+                                pad_id=windower.pad_id)
+    preds, probs = predicted.label_ids, predicted.probs
     assert [len(p) for p in preds] == [5, 4]
-    assert all(0 <= i < len(encoder.labels) for row in preds for i in row)
+    assert all(0 <= i < len(windower.labels) for row in preds for i in row)
     assert all(0.0 < q <= 1.0 for row in probs for q in row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Sequence
 
 import pytest
 
@@ -15,17 +16,40 @@ from common.encoding import (
     CASE_PAD,
     CASE_TITLE,
     CASE_UPPER,
-    WordPieceEncoder,
+    EncodedWindow,
+    PieceWindower,
     align_labels,
     assign_owners,
     casing_class,
     plan_windows,
-    words_from_pieces,
 )
 
 LABELS = labels_for_types(["LOC", "MISC", "ORG", "PER"])
 L = {t: i for i, t in enumerate(LABELS)}
 CLS, SEP, UNK = 101, 102, 100
+
+
+def words_from_pieces(windows: Sequence[EncodedWindow], piece_predictions: Sequence[Sequence],
+                      sentence_lengths: Sequence[int]) -> list[list]:
+    """Map per-piece predictions back to one prediction per word (what taggers.predict does with tensors).
+
+    ``piece_predictions[k][p]`` is the prediction (a label id, a label, a
+    probability...) for piece ``p`` of window ``k``.  Raises if a word gets no
+    prediction or two: the windows must cover every word exactly once.
+    """
+    out: list[list] = [[None] * n for n in sentence_lengths]
+    seen = [[False] * n for n in sentence_lengths]
+    for win, preds in zip(windows, piece_predictions):
+        for p, w in enumerate(win.word_index):
+            if w >= 0:
+                if seen[win.sentence][w]:
+                    raise AssertionError(f"word {w} of sentence {win.sentence} predicted twice")
+                seen[win.sentence][w] = True
+                out[win.sentence][w] = preds[p]
+    for si, flags in enumerate(seen):
+        if not all(flags):
+            raise AssertionError(f"sentence {si}: words {[i for i, f in enumerate(flags) if not f]} not predicted")
+    return out
 
 
 def pieces(tok, window):
@@ -56,8 +80,8 @@ SENT = Sentence(["Peter", "Blackburnshire", "visited", "unaffable", "Xylophonics
 
 
 def test_encode_alignment_all_pieces(tokenizer):
-    enc = WordPieceEncoder(tokenizer, LABELS, max_length=64)
-    [w] = enc.encode([SENT])
+    enc = PieceWindower(tokenizer, LABELS, max_length=64)
+    [w] = enc.windows([SENT])
     assert pieces(tokenizer, w) == ["[CLS]", "peter", "blackburn", "##shire", "visited", "una", "##ffa", "##ble",
                                     "x", "##yl", "##op", "##hon", "##ics", ".", "[SEP]"]
     B_PER, I_PER, O, B_ORG, I_ORG = L["B-PER"], L["I-PER"], L["O"], L["B-ORG"], L["I-ORG"]
@@ -71,8 +95,8 @@ def test_encode_alignment_all_pieces(tokenizer):
 
 
 def test_encode_alignment_first_piece_only(tokenizer):
-    enc = WordPieceEncoder(tokenizer, LABELS, max_length=64, label_all_pieces=False)
-    [w] = enc.encode([SENT])
+    enc = PieceWindower(tokenizer, LABELS, max_length=64, label_all_pieces=False)
+    [w] = enc.windows([SENT])
     B_PER, I_PER, O, B_ORG = L["B-PER"], L["I-PER"], L["O"], L["B-ORG"]
     assert w.labels == [-100, B_PER, I_PER, -100, O, O, -100, -100, B_ORG, -100, -100, -100, -100, O, -100]
     assert w.scored == [0, 1, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0]
@@ -80,12 +104,12 @@ def test_encode_alignment_first_piece_only(tokenizer):
 
 
 def test_encode_without_labels(tokenizer):
-    enc = WordPieceEncoder(tokenizer, LABELS, max_length=64)
-    [w] = enc.encode([Sentence(SENT.tokens)], with_labels=False)
+    enc = PieceWindower(tokenizer, LABELS, max_length=64)
+    [w] = enc.windows([Sentence(SENT.tokens)], with_labels=False)
     assert set(w.labels) == {-100}
     assert w.word_index == [-1, 0, 1, -1, 2, 3, -1, -1, 4, -1, -1, -1, -1, 5, -1]
     with pytest.raises(ValueError):
-        enc.encode([Sentence(SENT.tokens)], with_labels=True)
+        enc.windows([Sentence(SENT.tokens)], with_labels=True)
 
 
 def test_words_without_pieces_become_unk(tokenizer):
@@ -93,9 +117,9 @@ def test_words_without_pieces_become_unk(tokenizer):
     tags = ["O", "B-MISC", "B-LOC", "O", "B-PER", "B-ORG"]
     for t in ("\u200b", "\x00", "\u200d"):
         assert tokenizer.tokenize(t) == []  # precondition: these really give no piece
-    enc = WordPieceEncoder(tokenizer, LABELS, max_length=64)
+    enc = PieceWindower(tokenizer, LABELS, max_length=64)
     sent = Sentence(tokens, tags)
-    [w] = enc.encode([sent])
+    [w] = enc.windows([sent])
     assert pieces(tokenizer, w) == ["[CLS]", "hello", "[UNK]", "paris", "[UNK]", "una", "##ffa", "##ble", "[UNK]",
                                     "[SEP]"]
     assert w.word_index == [-1, 0, 1, 2, 3, 4, -1, -1, 5, -1]
@@ -103,7 +127,7 @@ def test_words_without_pieces_become_unk(tokenizer):
                         L["B-ORG"], -100]
     assert word_tags_from_labels([w], [sent]) == [tags]
     # a sentence made only of such words
-    [w2] = enc.encode([Sentence(["\u200b", "\u200d"], ["O", "B-PER"])])
+    [w2] = enc.windows([Sentence(["\u200b", "\u200d"], ["O", "B-PER"])])
     assert w2.input_ids == [CLS, UNK, UNK, SEP] and w2.word_index == [-1, 0, 1, -1]
 
 
@@ -112,7 +136,7 @@ def test_rejects_slow_tokenizer():
         is_fast = False
 
     with pytest.raises(ValueError, match="fast"):
-        WordPieceEncoder(Slow(), LABELS)
+        PieceWindower(Slow(), LABELS)
 
 
 # --- windows ---------------------------------------------------------------------------------------
@@ -171,8 +195,8 @@ def long_sentence(n=60, seed=0):
 @pytest.mark.parametrize("max_length", [6, 12, 20])
 def test_windows_round_trip(tokenizer, max_length, label_all_pieces):
     sents = [long_sentence(60, seed) for seed in range(3)] + [Sentence(["short", "one"], ["O", "B-PER"])]
-    enc = WordPieceEncoder(tokenizer, LABELS, max_length=max_length, label_all_pieces=label_all_pieces)
-    windows = enc.encode(sents)
+    enc = PieceWindower(tokenizer, LABELS, max_length=max_length, label_all_pieces=label_all_pieces)
+    windows = enc.windows(sents)
     assert all(len(w) <= max_length for w in windows)
     assert all(w.input_ids[0] == CLS and w.input_ids[-1] == SEP for w in windows)
     per_sentence = [[w for w in windows if w.sentence == i] for i in range(len(sents))]
@@ -196,8 +220,8 @@ def test_windows_round_trip(tokenizer, max_length, label_all_pieces):
 
 def test_windows_overlap(tokenizer):
     sent = Sentence(["word"] * 30, ["O"] * 30)  # one piece per word
-    enc = WordPieceEncoder(tokenizer, LABELS, max_length=10)  # budget 8, stride 4
-    windows = enc.encode([sent])
+    enc = PieceWindower(tokenizer, LABELS, max_length=10)  # budget 8, stride 4
+    windows = enc.windows([sent])
     assert [len(w) for w in windows] == [10] * 6 + [8]
     owned = [[i for i in w.word_index if i >= 0] for w in windows]
     assert owned == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9], [10, 11, 12, 13], [14, 15, 16, 17],
@@ -210,8 +234,8 @@ def test_windows_overlap(tokenizer):
 def test_word_longer_than_budget(tokenizer):
     word = "supercalifragilisticexpialidocious"   # 11 pieces
     sent = Sentence(["a", word, "b"], ["O", "B-MISC", "O"])
-    enc = WordPieceEncoder(tokenizer, LABELS, max_length=6)  # budget 4
-    windows = enc.encode([sent])
+    enc = PieceWindower(tokenizer, LABELS, max_length=6)  # budget 4
+    windows = enc.windows([sent])
     assert [pieces(tokenizer, w) for w in windows] == [
         ["[CLS]", "a", "[SEP]"],
         ["[CLS]", "super", "##cal", "##if", "##rag", "[SEP]"],
@@ -225,7 +249,7 @@ def test_window_without_owned_word_is_dropped(tokenizer):
     assert plan_windows([1, 3, 4], 4) == [(0, 2), (1, 2), (2, 3)]
     assert assign_owners([(0, 2), (1, 2), (2, 3)], 3) == [0, 0, 2]
     sent = Sentence(["a", "unaffable", "Xylophonics"], ["O", "B-PER", "B-ORG"])   # 1, 3, 5 pieces
-    windows = WordPieceEncoder(tokenizer, LABELS, max_length=6).encode([sent])   # budget 4
+    windows = PieceWindower(tokenizer, LABELS, max_length=6).windows([sent])   # budget 4
     assert [pieces(tokenizer, w) for w in windows] == [
         ["[CLS]", "a", "una", "##ffa", "##ble", "[SEP]"],
         ["[CLS]", "x", "##yl", "##op", "##hon", "[SEP]"]]
@@ -234,8 +258,6 @@ def test_window_without_owned_word_is_dropped(tokenizer):
 
 
 def test_words_from_pieces_detects_missing_and_double():
-    from common.encoding import EncodedWindow
-
     w = EncodedWindow(0, [1, 2, 3], [-100] * 3, [0] * 3, [-1, 0, -1], [0, 1, 0])
     with pytest.raises(AssertionError, match="not predicted"):
         words_from_pieces([w], [[0, 1, 2]], [2])
@@ -259,8 +281,8 @@ def doc_sentences():
 
 def test_context_known_answer(tokenizer):
     sents = doc_sentences()
-    enc = WordPieceEncoder(tokenizer, LABELS, max_length=64, context_pieces=3)
-    windows = enc.encode(sents)
+    enc = PieceWindower(tokenizer, LABELS, max_length=64, context_pieces=3)
+    windows = enc.windows(sents)
     assert len(windows) == len(sents)
     got = [pieces(tokenizer, w) for w in windows]
     assert got[0] == ["[CLS]", "peter", "blackburn", "eu", "rejects", "una", "[SEP]"]           # no left: first
@@ -283,9 +305,9 @@ def test_context_does_not_change_predicted_words(tokenizer, max_length):
     sents = doc_sentences() + [long_sentence(25, 1)]
     for s in sents[-1:]:
         s.doc = 1
-    plain = WordPieceEncoder(tokenizer, LABELS, max_length=max_length).encode(sents)
-    ctx_enc = WordPieceEncoder(tokenizer, LABELS, max_length=max_length, context_pieces=5)
-    ctx = ctx_enc.encode(sents)
+    plain = PieceWindower(tokenizer, LABELS, max_length=max_length).windows(sents)
+    ctx_enc = PieceWindower(tokenizer, LABELS, max_length=max_length, context_pieces=5)
+    ctx = ctx_enc.windows(sents)
     assert len(plain) == len(ctx)
     assert sum(len(w) for w in ctx) > sum(len(w) for w in plain)  # some context was added
     full = ctx_enc.word_pieces([s.tokens for s in sents])
@@ -327,8 +349,8 @@ def test_casing_class(word, cls):
 @pytest.mark.parametrize("max_length", [512, 24])
 def test_shared_valid_round_trip(tokenizer, conll_folds, max_length):
     sents = conll_folds["valid"]
-    enc = WordPieceEncoder(tokenizer, label_list(conll_folds["train"]), max_length=max_length)
-    windows = enc.encode(sents)
+    enc = PieceWindower(tokenizer, label_list(conll_folds["train"]), max_length=max_length)
+    windows = enc.windows(sents)
     assert all(len(w) <= max_length for w in windows)
     if max_length == 512:
         assert len(windows) == len(sents)

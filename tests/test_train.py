@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from tests.tiny_models import REPO_ROOT, tiny_train_args
 from train.__main__ import main
-from train.export import load_tagger
+from taggers.export import load_tagger
 from train.trainer import PREEMPTED_EXIT_CODE
 
 
@@ -66,7 +66,7 @@ def _batch_for(encoder, sentences):
     from common.batching import collate_windows
     from common.data import Sentence
 
-    windows = encoder.encode([Sentence(t, None, None, i) for i, t in enumerate(sentences)], with_labels=False)
+    windows = encoder.windows([Sentence(t, None, None, i) for i, t in enumerate(sentences)], with_labels=False)
     return windows, collate_windows(windows, encoder.pad_id)
 
 
@@ -88,7 +88,7 @@ def test_bert_export_loads_in_hugging_face(tiny_exports):
 
 def test_extras_export_uses_own_loader(tiny_exports):
     meta = json.loads((tiny_exports["bert_extras"] / "export" / "ner_config.json").read_text())
-    assert meta["loader"] == "train.export.load_tagger" and meta["use_crf"] and meta["use_casing"]
+    assert meta["loader"] == "taggers.export.load_tagger" and meta["use_crf"] and meta["use_casing"]
     model, encoder = load_tagger(str(tiny_exports["bert_extras"] / "export"))
     _, batch = _batch_for(encoder, [["Peter", "Blackburn", "visited", "Brussels", "."]])
     pred, prob = model.decode(batch, model(batch))
@@ -97,6 +97,11 @@ def test_extras_export_uses_own_loader(tiny_exports):
 
 def _train_cmd(data, encoder, out, *extra):
     return [sys.executable, "-m", "train", *tiny_train_args(data, encoder, out, *extra)]
+
+
+def _step_of(checkpoint_name: str) -> int:
+    """``step_00000012`` and ``step_00000012-1`` (the same step saved again) -> 12."""
+    return int(checkpoint_name[5:].split("-")[0])
 
 
 RESUME_ARGS = ("model.type=\"bilstm\"", "model.lstm_hidden=16", "model.lstm_layers=1", "train.epochs=3",
@@ -115,13 +120,13 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, tiny_bert_dir, tiny
     ckpts = killed / "checkpoints"
     while time.time() < deadline and proc.poll() is None:
         done = sorted(p.name for p in ckpts.glob("step_*") if not p.name.endswith(".tmp")) if ckpts.exists() else []
-        if len(done) >= 2 and int(done[-1][5:]) >= 3:
+        if len(done) >= 2 and _step_of(done[-1]) >= 3:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.kill()  # SIGKILL: no chance to clean up, as when a node dies
     proc.wait()
-    killed_at = int((ckpts / "latest").read_text().strip()[5:])
+    killed_at = _step_of((ckpts / "latest").read_text().strip())
     total_steps = json.loads((full / "metrics.json").read_text())["steps"]
     assert 0 < killed_at < total_steps
 
@@ -150,7 +155,7 @@ def test_stop_signal_checkpoints_and_exits_3(tmp_path, tiny_bert_dir, tiny_data_
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]
-    stopped_at = int((out / "checkpoints" / "latest").read_text().strip()[5:])
+    stopped_at = _step_of((out / "checkpoints" / "latest").read_text().strip())
     assert stopped_at > 0 and "stop signal received" in err
 
 
@@ -169,17 +174,17 @@ def test_torchrun_two_processes(tmp_path, tiny_bert_dir, tiny_data_json, kind):
     # every sentence scored exactly once across the two ranks
     assert metrics["test"]["num_sentences"] == 40 and len(read_jsonl(out / "predictions" / "test.jsonl")) == 40
     # the distributed score equals a single-process scoring of the same export
-    from train.config import load_config
-    from train.trainer import evaluate
-    from common import distributed
     from common.data import load_folds
+    from common.metrics import score_words
+    from taggers.predict import predict_windows
 
-    model, encoder = load_tagger(str(out / "export"))
+    model, windower = load_tagger(str(out / "export"))
     test = load_folds(str(tiny_data_json))["test"]
-    cfg = load_config(None, [])
-    scores, _ = evaluate(model, encoder.encode(test), test, encoder.labels, distributed.DistInfo(), cfg, encoder.pad_id)
+    preds = predict_windows(model, windower.windows(test), [len(s) for s in test], torch.device("cpu"),
+                            pad_id=windower.pad_id)
+    scores = score_words([s.tags for s in test], [[windower.labels[i] for i in row] for row in preds.label_ids])
     assert scores["f1"] == pytest.approx(metrics["test"]["f1"])
-    assert scores["token_accuracy"] == pytest.approx(metrics["test"]["token_accuracy"])
+    assert preds.token_accuracy == pytest.approx(metrics["test"]["token_accuracy"])
     # only rank 0 wrote the log
     assert res.stderr.count("best model (step") == 2
 

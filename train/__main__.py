@@ -1,15 +1,19 @@
 """``python -m train`` / ``torchrun -m train`` / ``ner-train``.
 
-    python -m train --config train/configs/bert_conll03.toml --data DATA.json \
-        --output-dir runs/bert [--resume] [section.option=value ...]
+    python -m train --config train/configs/bert_conll03.toml --data DATA.json \\
+        --output-dir runs/bert [--resume | --overwrite] [section.option=value ...]
+
+Overrides (``section.option=value``) may stand anywhere on the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
+
+from common.data import DataError
+from taggers.export import ExportError
 
 from .config import ConfigError, load_config
 
@@ -20,12 +24,14 @@ def parse_args(argv=None):
     p.add_argument("--config", help="TOML recipe (e.g. train/configs/bert_conll03.toml)")
     p.add_argument("--data", help="labelled data: CoNLL-style JSON or a folder of CoNLL files (data.path)")
     p.add_argument("--output-dir", help="run folder (train.output_dir)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run folder")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run folder")
+    mode.add_argument("--overwrite", action="store_true", help="delete the run in the run folder and start over")
     p.add_argument("--engine", choices=["ddp", "deepspeed"], help="train.engine")
     p.add_argument("--deepspeed-config", help="DeepSpeed JSON config (train.deepspeed_config)")
     p.add_argument("--device", help="auto, cpu, cuda (train.device)")
     p.add_argument("overrides", nargs="*", help="section.option=value, applied last")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def main(argv=None) -> int:
@@ -36,20 +42,17 @@ def main(argv=None) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.insert(0, f"{key}={json.dumps(value)}")
-    from common.data import DataError
-
-    from .export import ExportError
     from .trainer import PREEMPTED_EXIT_CODE, Preempted, run
 
     try:
         cfg = load_config(args.config, overrides)
-        run(cfg, resume=args.resume)
+        run(cfg, resume=args.resume, overwrite=args.overwrite)
     except Preempted:
         return PREEMPTED_EXIT_CODE
     except (ConfigError, DataError, ExportError, RuntimeError) as e:
         if isinstance(e, RuntimeError) and "CUDA" not in str(e):
             raise
-        logging.getLogger("train").error("%s", e)
+        # printed once: the logging handlers only carry the run's progress
         print(f"ner-train: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,7 +1,7 @@
 """Typed configuration: dataclass defaults, then a TOML file, then CLI overrides.
 
-``load_config(path, overrides)`` returns a :class:`Config`; ``save_config``
-writes the resolved config (every field) to the run folder as TOML.
+``load_config(path, overrides)`` returns a :class:`Config`; the trainer saves
+the resolved config (every field, ``to_dict``) in the run folder as TOML.
 Overrides are ``section.field=value`` strings; values are parsed as TOML
 (``3e-5``, ``true``, ``[1, 2]``) and fall back to plain strings.
 """
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 import typing
 from dataclasses import dataclass, field
+
+from common.io import TOMLDecodeError, parse_toml_value, read_toml
+from taggers.config import MODEL_TYPES, ModelConfig
 
 
 @dataclass
@@ -28,41 +30,6 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    type: str = "bert"
-    """Tagger: bert or bilstm."""
-    encoder: str = ""
-    """Hugging Face model id or folder for the tokenizer (and the BERT encoder); empty = offline MiniLM."""
-    max_length: int = 512
-    """Word pieces per window, special tokens included; longer sentences are split into windows."""
-    label_all_pieces: bool = True
-    """Continuation pieces carry I-X / O (True) or are ignored in loss and metrics (False)."""
-    context_pieces: int = 0
-    """FLERT document context: pieces of neighbouring sentences added on each side (0 = off)."""
-    use_casing: bool = True
-    """Concatenate an embedding of each word's casing class before the head (and into the LSTM)."""
-    casing_dim: int = 16
-    use_crf: bool = False
-    """CRF output layer with IOB2-constrained Viterbi decoding."""
-    constrained_decoding: bool = True
-    """Without a CRF: decode the best IOB2-valid path over the softmax instead of the per-piece argmax."""
-    dropout: float = 0.1
-    head_hidden: int = 0
-    """Hidden size of the feed-forward head (0 = a single linear layer)."""
-    # BiLSTM only
-    embedding_dim: int = 0
-    """Word-piece embedding size (0 = the encoder's hidden size, needed to initialise from it)."""
-    init_embeddings: bool = True
-    """Initialise the embedding from the transformer's input embeddings."""
-    freeze_embeddings: bool = False
-    lstm_hidden: int = 256
-    """Hidden size per direction."""
-    lstm_layers: int = 2
-    init_from: str = ""
-    """Start from an existing export of the same tagger and tag set (fine-tuning further)."""
-
-
-@dataclass
 class OptimConfig:
     lr: float = 5e-5
     """Learning rate of the pre-trained encoder / the BiLSTM's embedding."""
@@ -71,6 +38,7 @@ class OptimConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
+    """Clip the gradients' global norm to this (0 = no clipping)."""
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
 
@@ -101,7 +69,7 @@ class TrainLoopConfig:
     checkpoint_every: int = 0
     """Also write a resume checkpoint every N steps (0 = only at evaluations and at the end)."""
     engine: str = "ddp"
-    """ddp (also single-process) or deepspeed."""
+    """ddp (torch AdamW; DDP when there are several processes, plain torch with one) or deepspeed."""
     deepspeed_config: str = ""
     progress: bool = True
     log_all_ranks: bool = False
@@ -166,22 +134,14 @@ def _apply(cfg: Config, section: str, key: str, value, where: str) -> None:
     setattr(sub, key, _coerce(value, hints[key], f"{where}: {section}.{key}"))
 
 
-def _parse_value(text: str):
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def load_config(path: str | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     cfg = Config()
     if path:
         try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
+            data = read_toml(path)
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
-        except tomllib.TOMLDecodeError as e:
+        except TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
         for section, values in data.items():
             if not isinstance(values, dict):
@@ -193,14 +153,14 @@ def load_config(path: str | None = None, overrides: typing.Sequence[str] = ()) -
         if not sep or "." not in name:
             raise ConfigError(f"override {ov!r}: expected section.option=value")
         section, _, key = name.strip().partition(".")
-        _apply(cfg, section, key, _parse_value(text.strip()), f"override {ov!r}")
+        _apply(cfg, section, key, parse_toml_value(text.strip()), f"override {ov!r}")
     validate(cfg)
     return cfg
 
 
 def validate(cfg: Config) -> None:
-    if cfg.model.type not in ("bert", "bilstm"):
-        raise ConfigError(f"model.type must be 'bert' or 'bilstm', got {cfg.model.type!r}")
+    if cfg.model.type not in MODEL_TYPES:
+        raise ConfigError(f"model.type must be one of {', '.join(MODEL_TYPES)}, got {cfg.model.type!r}")
     if cfg.train.engine not in ("ddp", "deepspeed"):
         raise ConfigError(f"train.engine must be 'ddp' or 'deepspeed', got {cfg.train.engine!r}")
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
@@ -221,15 +181,6 @@ def from_dict(d: dict) -> Config:
         for key, value in values.items():
             _apply(cfg, section, key, value, "saved config")
     return cfg
-
-
-def save_config(cfg: Config, path: str) -> None:
-    import tomli_w
-
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        tomli_w.dump(to_dict(cfg), f)
-    os.replace(tmp, path)
 
 
 def default_encoder() -> str:

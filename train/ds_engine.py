@@ -1,4 +1,4 @@
-"""DeepSpeed engine: the same interface as :class:`train.engine.DDPEngine`.
+"""DeepSpeed engine: the same interface as :class:`train.engine.TorchEngine`.
 
 ``--engine deepspeed --deepspeed-config train/configs/ds_zero2.json`` runs the
 ordinary training loop; DeepSpeed does backward, gradient accumulation,
@@ -13,10 +13,9 @@ filled in from the run config, so one JSON works for every recipe:
   ``gradient_accumulation_steps`` = ``optim.grad_accum``,
   ``train_batch_size`` = their product times the world size;
 * ``gradient_clipping`` = ``optim.max_grad_norm``;
-* the optimizer is torch AdamW over :func:`train.engine.param_groups`
-  (encoder / head learning rates, no decay on biases and norms) and the
-  schedule a torch LambdaLR (linear warmup and decay), both handed to
-  ``deepspeed.initialize`` -- DeepSpeed's fused Adam would need a JIT compile;
+* the optimizer is torch AdamW with its linear warmup/decay schedule
+  (:func:`train.optim.build_optimizer`), handed to ``deepspeed.initialize``
+  -- DeepSpeed's fused Adam would need a JIT compile;
 * precision from ``train.precision``: bf16 (``bf16``, or ``auto`` on a GPU that
   supports it) uses DeepSpeed's ``torch_autocast`` (fp32 weights, bf16
   autocast, like the DDP engine), else fp32.  fp16 is not offered.
@@ -25,6 +24,8 @@ Values for these keys in the JSON must be absent or ``"auto"``; a different
 value is an error rather than silently ignored.  An explicit ``"bf16"``
 section (bf16 *weights*, fp32 master copy in the optimizer) is honoured, but
 then the exported weights are bf16-rounded.
+
+Needs DeepSpeed 0.17.2 or later (``torch_autocast``; setup.cfg pins the floor).
 
 ZeRO stages 0, 1 and 2 keep full weights on every rank, so ``self.module`` is
 the complete model (evaluation and the export use it).  Stage 3 partitions the
@@ -35,18 +36,18 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
 import warnings
 
-import torch
 import torch.distributed as dist
 
 from common.distributed import DistInfo
 
+from taggers.precision import resolve_precision
+
 from .config import ConfigError
-from .engine import linear_schedule, param_groups
+from .optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def use_bf16(device: torch.device, precision: str) -> bool:
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
 
 
 def load_ds_config(path: str) -> dict:
@@ -112,7 +109,7 @@ def build_ds_config(ds: dict, cfg, info: DistInfo, where: str = "DeepSpeed confi
         ds.pop("bf16", None)
         autocast = ds.get("torch_autocast", {})
         if autocast.get("enabled", "auto") == "auto":
-            bf16 = use_bf16(info.device, cfg.train.precision)
+            bf16 = resolve_precision(cfg.train.precision, info.device, training=True) == "bf16"
             ds["torch_autocast"] = {**autocast, "enabled": bf16}
             if bf16:
                 ds["torch_autocast"].setdefault("dtype", "bfloat16")
@@ -153,9 +150,7 @@ class DeepSpeedEngine:
         _quiet_deepspeed()
 
         model = model.to(info.device)
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.lr, cfg.optim.head_lr, cfg.optim.weight_decay))
-        warmup = math.ceil(cfg.optim.warmup_ratio * total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total_steps))
+        optimizer, scheduler = build_optimizer(model, cfg.optim, total_steps)
         self.ds_config = ds_config
         if ds_config.get("bf16", {}).get("enabled"):
             log.warning("the DeepSpeed config enables bf16 weights: training keeps fp32 master weights in the "
@@ -164,11 +159,16 @@ class DeepSpeedEngine:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         self.module = self.model.module
         self.zero_stage = self.model.zero_optimization_stage()
+        # what the engine really runs, read back from it (a config key it ignores would not show here)
+        if self.model.bfloat16_enabled():
+            precision = "bf16 weights"
+        elif self.model.torch_autocast_enabled():
+            precision = f"{self.model.torch_autocast_dtype()} autocast".replace("torch.", "")
+        else:
+            precision = "fp32"
         log.info("DeepSpeed %s: ZeRO stage %d, %s, gradient accumulation %d, clipping %s", deepspeed.__version__,
-                 self.zero_stage,
-                 "bf16 weights" if ds_config.get("bf16", {}).get("enabled") else
-                 "bf16 autocast" if ds_config.get("torch_autocast", {}).get("enabled") else "fp32",
-                 ds_config["gradient_accumulation_steps"], ds_config["gradient_clipping"])
+                 self.zero_stage, precision, self.model.gradient_accumulation_steps(),
+                 self.model.gradient_clipping() or "off")
 
     def forward(self, batch):
         return self.model(batch)
@@ -186,11 +186,9 @@ class DeepSpeedEngine:
         if not last_micro_step:
             self.model.step()
 
-    def step(self) -> float:
+    def step(self) -> None:
         self.model.set_gradient_accumulation_boundary(True)
         self.model.step()
-        norm = self.model.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]

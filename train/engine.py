@@ -1,93 +1,57 @@
 """Training engines: who does backward, optimizer step, accumulation and checkpoint I/O.
 
-The loop talks to an engine only through this interface, so DDP (also
-single-process) and DeepSpeed run the same loop.
+The loop talks to an engine only through this interface (``forward``,
+``backward``, ``step``, ``lr``, ``train``, ``save``, ``load``, ``module``), so
+plain torch (one process or DDP) and DeepSpeed run the same loop.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from common.distributed import DistInfo
+from taggers.precision import autocast, resolve_precision
+
+from .optim import build_optimizer
 
 
-def linear_schedule(warmup_steps: int, total_steps: int):
-    """Linear warmup to 1, then linear decay to 0 at ``total_steps``."""
+class TorchEngine:
+    """torch AdamW + LambdaLR; the model is wrapped in DDP when there is more than one process."""
 
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return factor
-
-
-def param_groups(model, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
-    """AdamW groups: encoder / head learning rates, no decay on biases and norms."""
-    groups = []
-    for name, params, group_lr in (("encoder", model.parameter_groups()["encoder"], lr),
-                                   ("head", model.parameter_groups()["head"], head_lr)):
-        named = {id(p): n for n, p in model.named_parameters()}
-        decay = [p for p in params if p.ndim > 1 and "norm" not in named[id(p)].lower()]
-        no_decay = [p for p in params if not (p.ndim > 1 and "norm" not in named[id(p)].lower())]
-        if decay:
-            groups.append({"params": decay, "lr": group_lr, "weight_decay": weight_decay, "name": name})
-        if no_decay:
-            groups.append({"params": no_decay, "lr": group_lr, "weight_decay": 0.0, "name": name + "_no_decay"})
-    return groups
-
-
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast when asked for (``auto``: on GPUs that support it), else nothing."""
-    use_bf16 = precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if use_bf16:
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
-class DDPEngine:
-    """torch AdamW + LambdaLR, wrapped in DDP when there is more than one process."""
-
-    name = "ddp"
+    name = "ddp"  # the train.engine value that selects it
 
     def __init__(self, model, cfg, info: DistInfo, total_steps: int):
         self.info = info
-        self.cfg = cfg
+        self.grad_accum = cfg.optim.grad_accum
+        self.max_grad_norm = cfg.optim.max_grad_norm
         self.module = model.to(info.device)
-        self.model = (DistributedDataParallel(self.module, device_ids=[info.device] if info.device.type == "cuda"
-                                              else None)
-                      if info.distributed else self.module)
-        self.optimizer = torch.optim.AdamW(param_groups(self.module, cfg.optim.lr, cfg.optim.head_lr,
-                                                        cfg.optim.weight_decay))
-        warmup = math.ceil(cfg.optim.warmup_ratio * total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warmup, total_steps))
-        self.autocast = autocast_context(info.device, cfg.train.precision)
+        device_ids = [info.device] if info.device.type == "cuda" else None
+        self.model = DistributedDataParallel(self.module, device_ids=device_ids) if info.distributed else self.module
+        self.optimizer, self.scheduler = build_optimizer(self.module, cfg.optim, total_steps)
+        self.precision = resolve_precision(cfg.train.precision, info.device, training=True)
 
     def forward(self, batch):
-        with self.autocast():
+        with autocast(self.info.device, self.precision):
             return self.model(batch)
 
     def backward(self, loss, last_micro_step: bool):
         """Accumulate gradients; DDP only all-reduces on the last micro-step of an optimizer step."""
-        scaled = loss / self.cfg.optim.grad_accum
+        scaled = loss / self.grad_accum
         if self.info.distributed and not last_micro_step:
             with self.model.no_sync():
                 scaled.backward()
         else:
             scaled.backward()
 
-    def step(self) -> float:
-        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.optim.max_grad_norm)
+    def step(self) -> None:
+        if self.max_grad_norm > 0:  # 0 = no clipping, as in DeepSpeed
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
@@ -109,7 +73,7 @@ class DDPEngine:
 
 def make_engine(model, cfg, info: DistInfo, total_steps: int):
     if cfg.train.engine == "deepspeed":
-        from .ds_engine import DeepSpeedEngine
+        from .ds_engine import DeepSpeedEngine  # deepspeed is an optional dependency
 
         return DeepSpeedEngine(model, cfg, info, total_steps)
-    return DDPEngine(model, cfg, info, total_steps)
+    return TorchEngine(model, cfg, info, total_steps)

@@ -33,9 +33,12 @@ import netrc
 import os
 from urllib.parse import urlparse
 
+from common.rundir import RunFolder
+
+from .config import ConfigError
+
 log = logging.getLogger(__name__)
 
-RUN_ID_FILE = "wandb_run_id"
 MODES = ("online", "offline", "disabled")
 
 
@@ -46,8 +49,6 @@ def resolve_mode(mode: str) -> str:
     if mode == "dryrun":
         mode = "offline"
     if mode not in MODES:
-        from .config import ConfigError
-
         raise ConfigError(f"{source} must be online, offline or disabled, got {mode!r}")
     if mode == "online" and not has_api_key():
         log.warning("wandb: mode 'online' but no API key (WANDB_API_KEY or `wandb login`); logging offline "
@@ -97,9 +98,13 @@ def _guarded(method):
 
 
 class Tracker:
-    """Created on rank 0 only (the trainer does not make one elsewhere)."""
+    """The training loop's callback for wandb: ``log_step``, ``log_eval``, ``finish``, ``abandon``.
 
-    def __init__(self, cfg, info, num_parameters: int):
+    Created on rank 0 only (the trainer does not make one elsewhere).  ``resuming``: the run continues
+    from a checkpoint, so the wandb run recorded in the run folder is continued too.
+    """
+
+    def __init__(self, cfg, info, num_parameters: int, resuming: bool):
         self.run = None
         self.cfg = cfg
         self.mode = resolve_mode(cfg.wandb.mode)
@@ -108,8 +113,6 @@ class Tracker:
         try:
             import wandb
         except ImportError:
-            from .config import ConfigError
-
             raise ConfigError(f"wandb mode {self.mode!r} but wandb is not installed: `pip install wandb`, or "
                               "set wandb.mode=disabled") from None
         out = cfg.train.output_dir
@@ -121,15 +124,12 @@ class Tracker:
                     config["deepspeed"] = json.load(f)
             except (OSError, ValueError):
                 pass
-        # Continue the same W&B run after --resume from a checkpoint; a fresh start (which deleted the
-        # checkpoints before getting here) gets a new run.
-        from .trainer import latest_checkpoint
-
-        id_path = os.path.join(out, RUN_ID_FILE)
-        run_id = _read(id_path) if latest_checkpoint(out) else None
+        id_path = RunFolder(out).wandb_id_path
+        run_id = _read(id_path) if resuming else None
         kwargs = {"project": cfg.wandb.project, "entity": cfg.wandb.entity or None,
                   "name": cfg.wandb.name or os.path.basename(os.path.abspath(out)),
-                  "tags": list(cfg.wandb.tags) or None, "dir": out, "config": config, "reinit": "finish_previous"}
+                  "tags": list(cfg.wandb.tags) or None, "dir": out, "config": config,
+                  "reinit": "finish_previous"}  # wandb 0.19.10 or later (setup.cfg pins the floor)
         if run_id:
             kwargs.update(id=run_id, resume="allow")
         try:
@@ -167,7 +167,7 @@ class Tracker:
             self.run.log(data, step=row["step"])
 
     @_guarded
-    def finish(self, result: dict, test_sentences=None, result_preds_path: str | None = None) -> None:
+    def finish(self, result: dict, result_preds_path: str | None = None) -> None:
         if not self.run:
             return
         import wandb

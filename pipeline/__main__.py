@@ -1,6 +1,6 @@
 """The main job: train both taggers with the committed recipes, compare them, tag a corpus.
 
-    python -m infer.pipeline --data conll03.json [--corpus corpus.parquet] [--out runs]
+    python -m pipeline --data conll03.json [--corpus corpus.parquet] [--out runs]
 
 Every stage is resumable: a finished training run (``metrics.json`` present)
 is skipped, an interrupted one is resumed, and the tagger skips finished
@@ -17,6 +17,9 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from common.io import atomic_write
+from common.rundir import RunFolder
 
 log = logging.getLogger("pipeline")
 
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
         run_dir = os.path.join(args.out, name)
         runs.append(run_dir)
         t0 = _stage(f"train {name} ({recipe}) -> {run_dir}")
-        if os.path.exists(os.path.join(run_dir, "metrics.json")):
+        if os.path.exists(RunFolder(run_dir).metrics_path):
             log.info("%s already finished; skipping (delete it to retrain)", run_dir)
             continue
         rc = train_main(["--config", str(CONFIGS / recipe), "--data", args.data, "--output-dir", run_dir, "--resume"])
@@ -69,13 +72,14 @@ def main(argv=None) -> int:
         log.info("%s trained in %.0f s", name, time.perf_counter() - t0)
 
     _stage(f"report -> {args.out}/report")
-    from infer.report import main as report_main
+    from report.__main__ import main as report_main
 
     rc = report_main([*runs, "--data", args.data, "--fold", "test", "--out", os.path.join(args.out, "report")])
     if rc:
         return rc
 
-    if args.corpus and os.path.exists(os.path.join(args.out, "bert_conll03", "export")):
+    bert_export = RunFolder(os.path.join(args.out, "bert_conll03")).export_dir
+    if args.corpus and os.path.isdir(bert_export):
         corpus = args.corpus
         if args.corpus_rows:
             import pyarrow.dataset as ds
@@ -84,13 +88,13 @@ def main(argv=None) -> int:
             sample = os.path.join(args.out, f"corpus_first_{args.corpus_rows}.parquet")
             if not os.path.exists(sample):
                 table = ds.dataset(args.corpus).head(args.corpus_rows)
-                pq.write_table(table, sample + ".tmp")
-                os.replace(sample + ".tmp", sample)
+                with atomic_write(sample, "wb") as f:
+                    pq.write_table(table, f)
             corpus = sample
         _stage(f"tag {corpus} -> {args.out}/tagged")
         from infer.__main__ import main as tag_main
 
-        rc = tag_main(["--model", os.path.join(args.out, "bert_conll03", "export"), "--input", corpus,
+        rc = tag_main(["--model", bert_export, "--input", corpus,
                        "--output", os.path.join(args.out, "tagged"), "--text-column", args.text_column])
         if rc:
             return rc

@@ -1,0 +1,46 @@
+"""The tagger's configuration: architecture, levers and the encoding it reads.
+
+``[model]`` of a training recipe; saved with every export (``ner_config.json``)
+so that an export rebuilds its tagger without the recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODEL_TYPES = ("bert", "bilstm")
+
+
+@dataclass
+class ModelConfig:
+    type: str = "bert"
+    """Tagger: bert or bilstm."""
+    encoder: str = ""
+    """Hugging Face model id or folder for the tokenizer (and the BERT encoder); empty = offline MiniLM."""
+    max_length: int = 512
+    """Word pieces per window, special tokens included; longer sentences are split into windows."""
+    label_all_pieces: bool = True
+    """Continuation pieces carry I-X / O (True) or are ignored in loss and metrics (False)."""
+    context_pieces: int = 0
+    """FLERT document context: pieces of neighbouring sentences added on each side (0 = off)."""
+    use_casing: bool = True
+    """Concatenate an embedding of each word's casing class before the head (and into the LSTM)."""
+    casing_dim: int = 16
+    use_crf: bool = False
+    """CRF output layer with IOB2-constrained Viterbi decoding."""
+    constrained_decoding: bool = True
+    """Without a CRF: decode the best IOB2-valid path over the softmax instead of the per-piece argmax."""
+    dropout: float = 0.1
+    head_hidden: int = 0
+    """Hidden size of the feed-forward head (0 = a single linear layer)."""
+    # BiLSTM only
+    embedding_dim: int = 0
+    """Word-piece embedding size (0 = the encoder's hidden size, needed to initialise from it)."""
+    init_embeddings: bool = True
+    """Initialise the embedding from the transformer's input embeddings."""
+    freeze_embeddings: bool = False
+    lstm_hidden: int = 256
+    """Hidden size per direction."""
+    lstm_layers: int = 2
+    init_from: str = ""
+    """Start from an existing export of the same tagger and tag set (fine-tuning further)."""

@@ -1,0 +1,188 @@
+"""The self-describing inference export: weights, tag map, tokenizer and ``ner_config.json``.
+
+The export (``RUN/export``) is separate from resume checkpoints: nothing about
+optimisers.  Each tagger writes and reads its own weights
+(:meth:`taggers.models.TaggerBase.save` / ``load``); this module adds the
+tokenizer and the config that names the tagger, and swaps the folder in
+atomically.  :func:`load_tagger` rebuilds either tagger from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+
+import torch
+
+from common.encoding import PieceWindower
+from common.io import atomic_write
+
+from .config import ModelConfig
+from common.data import split_tag
+
+from .models import TAGGERS, WEIGHTS, ExportError, TaggerBase, quiet_transformers
+
+FORMAT_VERSION = 1
+NER_CONFIG = "ner_config.json"
+
+# pytorch-crf masks with uint8 tensors; torch warns about it on every batch
+warnings.filterwarnings("ignore", message="where received a uint8 condition tensor")
+
+__all__ = ["ExportError", "NER_CONFIG", "check_labels", "load_tagger", "load_tokenizer", "make_windower",
+           "read_export_config", "save_export"]
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise ExportError(f"{path}: cannot load a tokenizer: {e}") from None
+
+
+def make_windower(mcfg: ModelConfig, labels, tokenizer, model: TaggerBase) -> PieceWindower:
+    """The windower for this model: windows no longer than the model's position embeddings."""
+    max_length = mcfg.max_length
+    if model.max_positions:
+        max_length = min(max_length, model.max_positions)
+    return PieceWindower(tokenizer, labels, max_length, mcfg.label_all_pieces, mcfg.context_pieces)
+
+
+def weights_checksum(path: str) -> str:
+    """SHA-256 of the export's weights file: corrupt tensor data behind an intact header is caught on load."""
+    digest = hashlib.sha256()
+    with open(os.path.join(path, WEIGHTS), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _make_readable(folder: str) -> None:
+    """Export files get the usual permissions (some writers use private 0600 temp files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in os.listdir(folder):
+        os.chmod(os.path.join(folder, name), 0o666 & ~umask)
+
+
+def save_export(model: TaggerBase, mcfg: ModelConfig, tokenizer, out_dir: str, extra: dict | None = None) -> None:
+    """Write the export atomically: into ``out_dir.tmp``, then swap it in."""
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    model = getattr(model, "module", model)
+    model.save(tmp)
+    tokenizer.save_pretrained(tmp)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model_type": model.model_type,
+        "labels": list(model.labels),
+        "max_length": mcfg.max_length,
+        "label_all_pieces": mcfg.label_all_pieces,
+        "context_pieces": mcfg.context_pieces,
+        "use_casing": mcfg.use_casing,
+        "use_crf": mcfg.use_crf,
+        "decoding": "crf-viterbi" if mcfg.use_crf else ("iob2-constrained-viterbi" if mcfg.constrained_decoding
+                                                        else "argmax"),
+        "hf_compatible": model.hf_compatible,
+        "loader": "transformers.AutoModelForTokenClassification" if model.hf_compatible
+        else "taggers.export.load_tagger",
+        "model": model.export_config(mcfg),
+        "tokenizer_size": len(tokenizer),
+        "weights_sha256": weights_checksum(tmp),
+        **(extra or {}),
+    }
+    with atomic_write(os.path.join(tmp, NER_CONFIG)) as f:
+        json.dump(meta, f, indent=2)
+    _make_readable(tmp)
+    old = out_dir.rstrip("/") + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(out_dir):
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_export_config(path: str) -> dict:
+    """``ner_config.json`` of an export, checked: format, model type, labels."""
+    meta_path = os.path.join(path, NER_CONFIG)
+    if not os.path.isdir(path):
+        raise ExportError(f"{path}: export folder not found")
+    if not os.path.exists(meta_path):
+        raise ExportError(f"{path}: not a ner-taggers export (no {NER_CONFIG})")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{meta_path}: not readable JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise ExportError(f"{meta_path}: export format {version} is not supported (this version reads "
+                          f"{FORMAT_VERSION})")
+    if meta.get("model_type") not in TAGGERS:
+        raise ExportError(f"{meta_path}: model_type {meta.get('model_type')!r} is not one of {', '.join(TAGGERS)}")
+    labels = meta.get("labels")
+    try:
+        if not isinstance(labels, list) or "O" not in labels or len(set(labels)) != len(labels):
+            raise ValueError("must be a list of distinct tags with O")
+        for tag in labels:
+            split_tag(tag)
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"{meta_path}: labels {labels!r}: {e}") from None
+    if not isinstance(meta.get("model"), dict):
+        raise ExportError(f"{meta_path}: no 'model' section")
+    return meta
+
+
+def _check_weights(path: str, meta: dict) -> None:
+    if not os.path.exists(os.path.join(path, WEIGHTS)):
+        raise ExportError(f"{path}: {WEIGHTS} is missing")
+    expected = meta.get("weights_sha256")
+    if expected and weights_checksum(path) != expected:
+        raise ExportError(f"{os.path.join(path, WEIGHTS)}: the weights do not match the checksum in {NER_CONFIG} "
+                          "(the file is truncated, corrupt or was replaced)")
+
+
+def _tokenizer_mismatch(path: str, size: int, expected: int) -> ExportError:
+    """A missing or foreign tokenizer would tag every word as [UNK] without a word of warning."""
+    return ExportError(f"{path}: the tokenizer files hold {size} tokens but the model was trained with {expected}: "
+                       "the tokenizer files are missing or come from another model")
+
+
+def load_tagger(path: str, device: str | torch.device = "cpu") -> tuple[TaggerBase, PieceWindower]:
+    """Load either tagger's export; returns the model (eval mode, on ``device``) and its windower.
+
+    Every problem with the folder is one :class:`ExportError` naming the file and what is wrong.
+    """
+    quiet_transformers()
+    meta = read_export_config(path)
+    _check_weights(path, meta)
+    fields = set(ModelConfig.__dataclass_fields__)
+    labels = meta["labels"]
+    try:
+        mcfg = ModelConfig(**{k: v for k, v in meta["model"].items() if k in fields})
+        tokenizer = load_tokenizer(path)
+        if meta.get("tokenizer_size", len(tokenizer)) != len(tokenizer):
+            raise _tokenizer_mismatch(path, len(tokenizer), meta["tokenizer_size"])
+        model = TAGGERS[meta["model_type"]].load(path, mcfg, labels, tokenizer)
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors, torch and transformers raise many kinds
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"{path}: cannot load the model ({type(e).__name__}: {message})") from None
+    if len(tokenizer) > model.vocab_size():
+        raise _tokenizer_mismatch(path, len(tokenizer), model.vocab_size())
+    model.to(device).eval()
+    return model, make_windower(mcfg, labels, tokenizer, model)
+
+
+def check_labels(model_labels, data_labels, where: str) -> None:
+    """A model can only score data whose tags it knows."""
+    unknown = sorted(set(data_labels) - set(model_labels))
+    if unknown:
+        raise ExportError(f"{where}: the data has tags {unknown} that the model was not trained on "
+                          f"(model tags: {list(model_labels)}); it comes from another tag set")

@@ -1,0 +1,319 @@
+"""The two taggers.  Each owns its loss, its decoding and its weights in an export;
+the training loop only calls ``model(batch)``, the prediction path ``model.decode(batch, outputs)``,
+and the export ``save``/``load`` (see docs/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from common.encoding import CASING_CLASSES, IGNORE_INDEX
+
+from .config import ModelConfig
+from .decoding import ConstrainedCRF, compact, constrained_viterbi, iob2_allowed
+
+WEIGHTS = "model.safetensors"
+
+
+class ExportError(ValueError):
+    """An export (or a model to build) that cannot be used; the message names the path and the problem."""
+
+
+def quiet_transformers() -> None:
+    """Hugging Face's load-time warnings and progress bars say nothing a tagger user can act on."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def encoder_config(encoder_path: str):
+    """The pre-trained encoder's Hugging Face config; ExportError when it cannot be read."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(encoder_path)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"model.encoder {encoder_path!r}: cannot load its config: {e}") from None
+
+
+class TaggerBase(nn.Module):
+    """Shared head, loss and decoding over per-piece features from ``features``."""
+
+    model_type = ""
+    """The ``model.type`` that builds this class."""
+    hf_compatible = False
+    max_positions: int | None = None
+    """Longest input the model accepts (None: any)."""
+
+    def __init__(self, labels: list[str], feature_dim: int, use_casing: bool, casing_dim: int,
+                 use_crf: bool, dropout: float, head_hidden: int, constrained_decoding: bool = True):
+        super().__init__()
+        self.labels = list(labels)
+        self.constrained_decoding = constrained_decoding
+        allowed, start_allowed = iob2_allowed(self.labels)
+        self.register_buffer("allowed_transitions", allowed, persistent=False)
+        self.register_buffer("allowed_starts", start_allowed, persistent=False)
+        self.use_casing = use_casing
+        self.casing = nn.Embedding(len(CASING_CLASSES), casing_dim, padding_idx=0) if use_casing else None
+        in_dim = feature_dim + (casing_dim if use_casing else 0)
+        self.dropout = nn.Dropout(dropout)
+        if head_hidden:
+            self.classifier = nn.Sequential(nn.Linear(in_dim, head_hidden), nn.GELU(), nn.Dropout(dropout),
+                                            nn.Linear(head_hidden, len(labels)))
+        else:
+            self.classifier = nn.Linear(in_dim, len(labels))
+        self.crf = ConstrainedCRF(self.labels) if use_crf else None
+
+    def features(self, batch) -> torch.Tensor:  # [B, T, H]
+        raise NotImplementedError
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``{"encoder": [...], "head": [...]}``: pre-trained parts and the rest (two learning rates)."""
+        raise NotImplementedError
+
+    # ---- building, saving and loading (the export calls these; it never asks which tagger it holds)
+    @classmethod
+    def build(cls, mcfg: ModelConfig, labels: list[str], encoder_path: str, tokenizer) -> "TaggerBase":
+        """A new tagger for training, its pre-trained parts loaded from ``encoder_path``."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, path: str, mcfg: ModelConfig, labels: list[str], tokenizer) -> "TaggerBase":
+        """The tagger saved in the export folder ``path`` by :meth:`save`."""
+        raise NotImplementedError
+
+    def save(self, out_dir: str) -> None:
+        """Write the weights (and whatever else rebuilding needs) into ``out_dir``."""
+        save_file(self._cpu_state(), os.path.join(out_dir, WEIGHTS))
+
+    def vocab_size(self) -> int:
+        """Rows of the word-piece embedding: the tokenizer may not have more tokens."""
+        raise NotImplementedError
+
+    def export_config(self, mcfg: ModelConfig) -> dict:
+        """The model config as saved with the export (sizes resolved, so loading needs nothing else)."""
+        return dataclasses.asdict(mcfg)
+
+    def _cpu_state(self) -> dict:
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+    def _load_weights(self, path: str) -> None:
+        state = load_file(os.path.join(path, WEIGHTS))
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ExportError(f"{path}: weights do not match the model: missing {missing}, unexpected {unexpected}")
+
+    # ---- training and prediction
+    def forward(self, batch):
+        features = self.features(batch)
+        if self.casing is not None:
+            features = torch.cat([features, self.casing(batch["casing"]).to(features.dtype)], dim=-1)
+        logits = self.classifier(self.dropout(features))
+        loss = None
+        labels = batch.get("labels")
+        if labels is not None and bool((labels != IGNORE_INDEX).any()):
+            loss = self._crf_loss(logits, labels) if self.crf is not None else nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return {"loss": loss, "logits": logits}
+
+    def _crf_loss(self, logits, labels):
+        order, valid = compact(labels != IGNORE_INDEX)
+        em = logits.float().gather(1, order[..., None].expand(-1, -1, logits.size(-1)))
+        tags = labels.gather(1, order).clamp(min=0)
+        keep = valid[:, 0]  # rows with at least one labelled piece
+        nll = -self.crf(em[keep], tags[keep], mask=valid[keep], reduction="sum")
+        return nll / valid.sum()
+
+    @torch.no_grad()
+    def decode(self, batch, outputs):
+        """Per-piece (predicted class, its probability).
+
+        With a CRF: its Viterbi path.  Without: the IOB2-constrained best path
+        over the softmax (``constrained_decoding``), or the plain argmax.
+        """
+        logits = outputs["logits"].float()
+        probs = logits.softmax(-1)
+        if self.crf is None and not self.constrained_decoding:
+            p, pred = probs.max(-1)
+            return pred, p
+        pred = probs.argmax(-1)
+        order, valid = compact(batch["scored"])
+        keep = valid[:, 0]
+        if self.crf is not None:
+            rows = keep.nonzero().flatten()
+        else:
+            # the constrained best path is the argmax path wherever that is already valid IOB2:
+            # Viterbi only runs on the rows where it is not
+            seq = pred.gather(1, order)
+            allowed, starts = self.allowed_transitions, self.allowed_starts
+            bad = (~starts[seq[:, 0]] & valid[:, 0]) | (~allowed[seq[:, :-1], seq[:, 1:]] & valid[:, 1:]).any(1)
+            rows = (bad & keep).nonzero().flatten()
+        if len(rows):
+            em = logits[rows].gather(1, order[rows][..., None].expand(-1, -1, logits.size(-1)))
+            if self.crf is not None:
+                paths = self.crf.decode(em, mask=valid[rows])
+            else:
+                paths = constrained_viterbi(em.log_softmax(-1), valid[rows], self.allowed_transitions,
+                                            self.allowed_starts)
+            for r, path in zip(rows.tolist(), paths):
+                pred[r, order[r, :len(path)]] = torch.as_tensor(path, device=pred.device)
+        return pred, probs.gather(-1, pred[..., None]).squeeze(-1)
+
+
+def head_options(mcfg: ModelConfig) -> dict:
+    """The constructor options that both taggers share."""
+    return dict(use_casing=mcfg.use_casing, casing_dim=mcfg.casing_dim, use_crf=mcfg.use_crf, dropout=mcfg.dropout,
+                head_hidden=mcfg.head_hidden, constrained_decoding=mcfg.constrained_decoding)
+
+
+class BertTagger(TaggerBase):
+    """A pre-trained transformer encoder with a token-level head.
+
+    Without extras (no casing feature, no CRF, linear head) the export is a plain
+    ``AutoModelForTokenClassification`` checkpoint, so Hugging Face tools load it directly.
+    """
+
+    model_type = "bert"
+
+    def __init__(self, labels, encoder: nn.Module, use_casing=True, casing_dim=16, use_crf=False,
+                 dropout=0.1, head_hidden=0, constrained_decoding=True):
+        super().__init__(labels, encoder.config.hidden_size, use_casing, casing_dim, use_crf, dropout,
+                         head_hidden, constrained_decoding)
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # unused by a token tagger; DDP refuses parameters without gradients
+        self.encoder = encoder
+        self.max_positions = getattr(encoder.config, "max_position_embeddings", None)
+        self.hf_compatible = not (use_casing or use_crf or head_hidden)
+
+    def features(self, batch):
+        return self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+
+    def vocab_size(self):
+        return self.encoder.get_input_embeddings().num_embeddings
+
+    @classmethod
+    def build(cls, mcfg, labels, encoder_path, tokenizer):
+        from transformers import AutoModel
+
+        encoder_config(encoder_path)  # a clear error for a wrong path before the weights are looked for
+        return cls(labels, AutoModel.from_pretrained(encoder_path), **head_options(mcfg))
+
+    @classmethod
+    def load(cls, path, mcfg, labels, tokenizer):
+        from transformers import AutoModel, AutoModelForTokenClassification
+
+        if not (mcfg.use_casing or mcfg.use_crf or mcfg.head_hidden):
+            hf_model = AutoModelForTokenClassification.from_pretrained(path)
+            model = cls(labels, hf_model.base_model, **head_options(mcfg))
+            model.classifier.load_state_dict(hf_model.classifier.state_dict())
+            return model
+        model = cls(labels, AutoModel.from_config(encoder_config(path)), **head_options(mcfg))
+        model._load_weights(path)
+        return model
+
+    def save(self, out_dir):
+        from transformers import AutoModelForTokenClassification
+
+        config = self.encoder.config.__class__.from_dict(self.encoder.config.to_dict())
+        config.num_labels = len(self.labels)
+        config.id2label = dict(enumerate(self.labels))
+        config.label2id = {t: i for i, t in enumerate(self.labels)}
+        config.architectures = None
+        if not self.hf_compatible:
+            config.save_pretrained(out_dir)  # the encoder's architecture, rebuilt without the hub
+            super().save(out_dir)
+            return
+        hf_model = AutoModelForTokenClassification.from_config(config)
+        missing, unexpected = hf_model.base_model.load_state_dict(self.encoder.state_dict(), strict=False)
+        if missing or any(not k.startswith("pooler.") for k in unexpected):
+            raise ExportError(f"encoder weights do not fit {type(hf_model).__name__}: "
+                              f"missing {missing}, unexpected {unexpected}")
+        hf_model.classifier.load_state_dict(self.classifier.state_dict())
+        hf_model.save_pretrained(out_dir, safe_serialization=True)
+
+    def parameter_groups(self):
+        enc = list(self.encoder.parameters())
+        ids = {id(p) for p in enc}
+        return {"encoder": enc, "head": [p for p in self.parameters() if id(p) not in ids]}
+
+
+class BiLSTMTagger(TaggerBase):
+    """Word-piece embedding, bidirectional LSTM, feed-forward head."""
+
+    model_type = "bilstm"
+
+    def __init__(self, labels, vocab_size: int, embedding_dim: int, lstm_hidden=256, lstm_layers=2,
+                 use_casing=True, casing_dim=16, use_crf=False, dropout=0.1, head_hidden=0, pad_id=0,
+                 freeze_embeddings=False, constrained_decoding=True):
+        super().__init__(labels, 2 * lstm_hidden, use_casing, casing_dim, use_crf, dropout, head_hidden,
+                         constrained_decoding)
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
+        self.embedding.weight.requires_grad_(not freeze_embeddings)
+        lstm_in = embedding_dim + (casing_dim if use_casing else 0)
+        self.input_dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(lstm_in, lstm_hidden, num_layers=lstm_layers, bidirectional=True, batch_first=True,
+                            dropout=dropout if lstm_layers > 1 else 0.0)
+
+    def features(self, batch):
+        x = self.embedding(batch["input_ids"])
+        if self.casing is not None:
+            x = torch.cat([x, self.casing(batch["casing"])], dim=-1)
+        x = self.input_dropout(x)
+        lengths = batch["attention_mask"].sum(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+        return out
+
+    def parameter_groups(self):
+        emb = [p for p in self.embedding.parameters() if p.requires_grad]
+        ids = {id(p) for p in self.embedding.parameters()}
+        return {"encoder": emb, "head": [p for p in self.parameters() if id(p) not in ids and p.requires_grad]}
+
+    @classmethod
+    def _new(cls, mcfg, labels, tokenizer, embedding_dim: int) -> "BiLSTMTagger":
+        return cls(labels, len(tokenizer), embedding_dim, mcfg.lstm_hidden, mcfg.lstm_layers,
+                   pad_id=tokenizer.pad_token_id or 0, freeze_embeddings=mcfg.freeze_embeddings, **head_options(mcfg))
+
+    @classmethod
+    def build(cls, mcfg, labels, encoder_path, tokenizer):
+        embedding_dim = mcfg.embedding_dim or encoder_config(encoder_path).hidden_size
+        model = cls._new(mcfg, labels, tokenizer, embedding_dim)
+        if mcfg.init_embeddings:
+            from transformers import AutoModel
+
+            source = AutoModel.from_pretrained(encoder_path).get_input_embeddings().weight.detach()
+            if source.shape[1] != embedding_dim:
+                raise ExportError(f"model.embedding_dim={embedding_dim} but the encoder's embeddings have "
+                                  f"{source.shape[1]} dimensions; set embedding_dim=0 or init_embeddings=false")
+            with torch.no_grad():
+                rows = min(source.shape[0], model.embedding.weight.shape[0])
+                model.embedding.weight[:rows] = source[:rows]
+        return model
+
+    @classmethod
+    def load(cls, path, mcfg, labels, tokenizer):
+        model = cls._new(mcfg, labels, tokenizer, mcfg.embedding_dim)
+        model._load_weights(path)
+        return model
+
+    def vocab_size(self):
+        return self.embedding.num_embeddings
+
+    def export_config(self, mcfg):
+        return {**super().export_config(mcfg), "embedding_dim": self.embedding.embedding_dim}
+
+
+TAGGERS: dict[str, type[TaggerBase]] = {cls.model_type: cls for cls in (BertTagger, BiLSTMTagger)}
+
+
+def build_tagger(mcfg: ModelConfig, labels: list[str], encoder_path: str, tokenizer) -> TaggerBase:
+    """A new tagger of ``mcfg.type`` for training."""
+    quiet_transformers()
+    return TAGGERS[mcfg.type].build(mcfg, labels, encoder_path, tokenizer)

@@ -1,0 +1,49 @@
+"""The one precision rule: which floating-point format a model runs in, and the autocast that applies it.
+
+``auto`` resolves per device and job:
+
+* GPU: bf16 where the GPU computes it natively (Ampere and later; emulated
+  bf16 on V100/T4 is slow, so ``including_emulation=False``); otherwise fp16
+  for inference and fp32 for training (fp16 training would need loss scaling);
+* CPU: fp32 for training; for inference bf16 where the CPU has native bf16
+  (AVX512-BF16/AMX), else fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matrix products run natively (about 1.5-2x fp32 speed)."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+
+
+def gpu_has_native_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def resolve_precision(requested: str, device: torch.device, training: bool = False) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for ``requested`` (one of :data:`PRECISIONS`) on ``device``."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if gpu_has_native_bf16() else ("fp32" if training else "fp16")
+    return "bf16" if not training and cpu_has_native_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """A context that runs the model's matrix products in ``precision`` (nothing for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])

@@ -1,0 +1,103 @@
+"""The one prediction path: model windows in, one label id and probability per word out.
+
+Training evaluation, ``train.evaluate``, the report and the batch tagger all
+come through :func:`predict_batches`: forward pass (autocast per
+:mod:`taggers.precision`), the model's own decoding, and each word's
+prediction read from its first piece (``word_index``) and scattered into one
+flat array over all words.  :func:`predict_windows` batches windows itself and,
+under DDP, shares them across ranks and gathers the words, so every rank gets
+every prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from common import distributed
+from common.batching import collate_windows, shard_for_eval
+from common.encoding import IGNORE_INDEX, EncodedWindow
+
+from .precision import autocast
+
+
+@dataclass
+class FlatPredictions:
+    """Per-word predictions over a flat word list; ``label_ids`` is -1 where a word got none."""
+
+    label_ids: np.ndarray  # int64 [words]
+    probs: np.ndarray  # float32 [words]
+    correct_pieces: int = 0
+    labelled_pieces: int = 0
+    """Piece-level token-accuracy counts over the batches that carry labels."""
+
+
+@dataclass
+class WordPredictions:
+    """One label id and its probability per word of every sentence."""
+
+    label_ids: list[list[int]]
+    probs: list[list[float]]
+    correct_pieces: int = 0
+    labelled_pieces: int = 0
+
+    @property
+    def token_accuracy(self) -> float:
+        return self.correct_pieces / self.labelled_pieces if self.labelled_pieces else 0.0
+
+
+@torch.inference_mode()
+def predict_batches(model, batches: Iterable[dict[str, torch.Tensor]], sentence_first_word: torch.Tensor,
+                    num_words: int, device: torch.device, precision: str = "fp32") -> FlatPredictions:
+    """Run ``model`` over collated ``batches``; word ``w`` of sentence ``s`` lands at ``sentence_first_word[s] + w``."""
+    was_training = model.training
+    model.eval()
+    label_ids = torch.full((num_words,), -1, dtype=torch.long, device=device)
+    probs = torch.zeros(num_words, dtype=torch.float32, device=device)
+    first_word = sentence_first_word.to(device, non_blocking=True)
+    correct = labelled = 0
+    for cpu_batch in batches:
+        batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
+        with autocast(device, precision):
+            outputs = model(batch)
+        pred, prob = model.decode(batch, outputs)
+        if "labels" in batch:
+            mask = batch["labels"] != IGNORE_INDEX
+            correct += int((pred[mask] == batch["labels"][mask]).sum())
+            labelled += int(mask.sum())
+        owned = batch["word_index"] >= 0
+        sentence = batch["sentence"][:, None].expand_as(owned)[owned]
+        flat = first_word[sentence] + batch["word_index"][owned]
+        label_ids[flat] = pred[owned]
+        probs[flat] = prob[owned].float()
+    model.train(was_training)
+    return FlatPredictions(label_ids.cpu().numpy(), probs.cpu().numpy(), correct, labelled)
+
+
+def predict_windows(model, windows: Sequence[EncodedWindow], sentence_lengths: Sequence[int],
+                    device: torch.device, precision: str = "fp32", max_tokens: int = 16384, pad_id: int = 0,
+                    info: distributed.DistInfo | None = None) -> WordPredictions:
+    """Per-word predictions for every sentence; with ``info`` of several ranks, each rank runs a disjoint share."""
+    info = info or distributed.DistInfo(device=device)
+    if not sentence_lengths:
+        return WordPredictions([], [])
+    offsets = np.zeros(len(sentence_lengths) + 1, dtype=np.int64)
+    np.cumsum(sentence_lengths, out=offsets[1:])
+    batches = (collate_windows([windows[i] for i in idx], pad_id)
+               for idx in shard_for_eval([len(w) for w in windows], max_tokens, info.world_size, info.rank))
+    flat = predict_batches(model, batches, torch.from_numpy(offsets[:-1]), int(offsets[-1]), device, precision)
+    label_ids, probs = flat.label_ids, flat.probs
+    if info.distributed:  # each word was predicted on exactly one rank
+        mine = np.flatnonzero(label_ids >= 0)
+        for where, ids, ps in distributed.gather_objects((mine, label_ids[mine], probs[mine]), info):
+            label_ids[where], probs[where] = ids, ps
+    missing = np.flatnonzero(label_ids < 0)
+    if missing.size:
+        raise AssertionError(f"{missing.size} words got no prediction (windows do not cover every word)")
+    correct, labelled = distributed.all_reduce_sum([flat.correct_pieces, flat.labelled_pieces], info)
+    bounds = offsets[1:-1]
+    return WordPredictions([row.tolist() for row in np.split(label_ids, bounds)],
+                           [row.tolist() for row in np.split(probs, bounds)], int(correct), int(labelled))

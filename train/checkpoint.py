@@ -1,0 +1,146 @@
+"""Resume checkpoints: save, find the latest, load; and the check that a resumed run is the same run.
+
+::
+
+    RUN/checkpoints/
+      step_00000120/          engine state (engine.pt, or DeepSpeed's files) + trainer_state.pt
+      step_00000120-1/        the same step saved again (e.g. at an epoch end after a mid-epoch save)
+      latest                  the name of the newest complete checkpoint
+
+A checkpoint is written into ``NAME.tmp`` and renamed when complete;
+``trainer_state.pt`` is written last, so its presence marks a complete
+checkpoint.  The folder that ``latest`` names is never deleted or replaced:
+saving the same step again writes a new name.  When ``latest`` is missing
+or names nothing, the newest complete checkpoint is used.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+
+import numpy as np
+import torch
+
+from common import distributed
+from common.io import atomic_write
+from common.rundir import RunFolder
+
+from .config import Config, ConfigError, from_dict, to_dict
+
+LATEST = "latest"
+TRAINER_STATE = "trainer_state.pt"
+_NAME = re.compile(r"^step_(\d{8})(?:-(\d+))?$")
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _complete(root: str) -> list[str]:
+    """Names of complete checkpoints, oldest first (by step, then by how often that step was saved)."""
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for name in os.listdir(root):
+        m = _NAME.match(name)
+        if m and os.path.exists(os.path.join(root, name, TRAINER_STATE)):
+            found.append((int(m.group(1)), int(m.group(2) or 0), name))
+    return [name for *_, name in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint to resume from: the one ``latest`` names, else the newest complete one, else None."""
+    root = RunFolder(run_dir).checkpoints_dir
+    pointer = os.path.join(root, LATEST)
+    if os.path.exists(pointer):
+        with open(pointer) as f:
+            path = os.path.join(root, f.read().strip())
+        if os.path.exists(os.path.join(path, TRAINER_STATE)):
+            return path
+    complete = _complete(root)
+    return os.path.join(root, complete[-1]) if complete else None
+
+
+def save_checkpoint(engine, trainer_state: dict, run_dir: str, info, keep: int = 2) -> str:
+    """All ranks: write a checkpoint of ``engine`` and ``trainer_state``, point ``latest`` at it, prune old ones."""
+    root = RunFolder(run_dir).checkpoints_dir
+    base = f"step_{trainer_state['step']:08d}"
+    taken = set(os.listdir(root)) if os.path.isdir(root) else set()
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}-{k}"
+    final = os.path.join(root, name)
+    tmp = final + ".tmp"
+    if info.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    distributed.barrier()
+    engine.save(tmp)
+    rng_states = distributed.gather_objects(_rng_state(), info)
+    distributed.barrier()  # every rank's engine files are written
+    if info.is_main:
+        torch.save({**trainer_state, "rng": rng_states}, os.path.join(tmp, TRAINER_STATE))
+        os.replace(tmp, final)
+        with atomic_write(os.path.join(root, LATEST)) as f:
+            f.write(name)
+        for old in _complete(root)[:-keep]:
+            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    distributed.barrier()
+    return final
+
+
+def load_checkpoint(engine, path: str, info) -> dict:
+    """Restore ``engine`` and this rank's RNG from ``path``; returns the trainer state saved with it.
+
+    Refused when the checkpoint was written by another number of processes: the position in the epoch
+    and the optimizer state (ZeRO partitions) are per process.
+    """
+    saved = torch.load(os.path.join(path, TRAINER_STATE), weights_only=False)
+    written_by = saved.get("world_size", info.world_size)
+    if written_by != info.world_size:
+        raise ConfigError(f"{path} was written by {written_by} process(es) and this run has {info.world_size}: "
+                          f"resume with {written_by} processes (torchrun --nnodes/--nproc_per_node)")
+    engine.load(path)
+    rng = saved.pop("rng")
+    _set_rng_state(rng[info.rank] if info.rank < len(rng) else rng[0])
+    return saved
+
+
+def _comparable(cfg_dict: dict) -> dict:
+    """The parts of a config that must match for a resume to make sense."""
+    keep = {"data": ("path", "scheme", "labels", "max_sentences"),
+            "model": None, "optim": None,
+            "train": ("epochs", "max_steps", "max_tokens", "seed", "engine")}
+    out = {}
+    for section, fields in keep.items():
+        values = cfg_dict.get(section, {})
+        out[section] = {k: v for k, v in values.items() if fields is None or k in fields}
+    return out
+
+
+def check_resume_config(cfg: Config, run_dir: str) -> None:
+    """Refuse to resume a run folder made by another model or config."""
+    saved_dict = RunFolder(run_dir).read_config()
+    if not saved_dict:
+        return
+    a, b = _comparable(to_dict(from_dict(saved_dict))), _comparable(to_dict(cfg))
+    diffs = [f"{s}.{k}: saved {a[s].get(k)!r}, now {b[s].get(k)!r}"
+             for s in a for k in sorted(set(a[s]) | set(b[s])) if a[s].get(k) != b[s].get(k)]
+    if diffs:
+        raise ConfigError(f"{run_dir} was made by another model or config; cannot resume it: "
+                          + "; ".join(diffs) + ". Use another train.output_dir or drop --resume.")
