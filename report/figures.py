@@ -1,10 +1,10 @@
-"""Figures of ``ner-report`` (matplotlib, Agg backend, PNG)."""
+"""Figures of ``ner-report`` (matplotlib, Agg backend, PNG): :func:`make_figures` draws them all."""
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import matplotlib
 
@@ -12,7 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .report_analysis import CLASS_LABELS, ERROR_CLASSES  # noqa: E402
+from .analysis import BREAKDOWNS  # noqa: E402
+from .errors import CLASS_LABELS, ERROR_CLASSES  # noqa: E402
+
+if TYPE_CHECKING:
+    from .runs import RunData
 
 DPI = 110
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -48,7 +52,7 @@ def _grouped_bars(ax, groups: Sequence[str], series: dict[str, Sequence[float]],
     ax.set_axisbelow(True)
 
 
-def _score_ylim(values: Sequence[float]) -> tuple[float, float]:
+def _score_ylim() -> tuple[float, float]:
     """Percentages: bars start at zero (no exaggerated gaps), with room above for the value labels."""
     return 0, 109
 
@@ -64,9 +68,7 @@ def _figure_legend(fig, axes, n: int):
 def per_type_figure(path: str, types: Sequence[str], per_model: dict[str, dict]) -> str:
     """Per-type precision, recall and F1 (percent), one bar per model."""
     fig, axes = plt.subplots(1, 3, figsize=(max(10, 1.3 * len(types) * 3 + 2), 3.8), sharey=True)
-    allv = [100 * per_model[m].get(t, {}).get(k, 0.0) for m in per_model for t in types
-            for k in ("precision", "recall", "f1")]
-    ylim = _score_ylim(allv)
+    ylim = _score_ylim()
     for ax, key, title in zip(axes, ("precision", "recall", "f1"), ("Precision", "Recall", "F1")):
         series = {m: [100 * per_model[m][t][key] if t in per_model[m] else None for t in types] for m in per_model}
         _grouped_bars(ax, types, series, "%" if key == "precision" else "", annotate=True, ylim=ylim)
@@ -199,9 +201,8 @@ def breakdown_figure(path: str, panels: list[tuple[str, Sequence[str], dict[str,
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 3.9 * rows), squeeze=False)
     for ax, (title, buckets, series, ticks) in zip(axes.flat, panels):
-        allv = [100 * v for vals in series.values() for v in vals if v is not None]
         pct = {m: [None if v is None else 100 * v for v in vals] for m, vals in series.items()}
-        _grouped_bars(ax, ticks, pct, "entity F1 (%)", annotate=True, ylim=_score_ylim(allv))
+        _grouped_bars(ax, ticks, pct, "entity F1 (%)", annotate=True, ylim=_score_ylim())
         ax.set_title(title)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
@@ -210,6 +211,31 @@ def breakdown_figure(path: str, panels: list[tuple[str, Sequence[str], dict[str,
     return _save(fig, path)
 
 
-def ensure_dir(path: str) -> str:
-    os.makedirs(path, exist_ok=True)
-    return path
+def make_figures(runs: list[RunData], an: dict, fig_dir: str) -> dict[str, str]:
+    """Draw every figure of the report into ``fig_dir``; returns ``{figure key: PNG path}``."""
+    os.makedirs(fig_dir, exist_ok=True)
+    models = an["models"]
+    names = [r.name for r in runs]
+    figs = {}
+    if an["types"]:
+        figs["per_type"] = per_type_figure(os.path.join(fig_dir, "per_type.png"), an["types"],
+                                           {n: models[n]["scores"]["per_type"] for n in names})
+    figs["learning"] = learning_curves_figure(os.path.join(fig_dir, "learning_curves.png"),
+                                              {r.name: r.train_log for r in runs})
+    figs["errors"] = error_classes_figure(os.path.join(fig_dir, "error_classes.png"),
+                                          {n: models[n]["errors"] for n in names})
+    if an["types"]:
+        figs["confusion"] = confusion_figure(os.path.join(fig_dir, "confusion.png"),
+                                             {n: models[n]["confusion"] for n in names})
+    panels = []
+    for key, title in BREAKDOWNS:
+        bds = [models[n]["breakdowns"].get(key) for n in names]
+        if bds[0] is None:
+            continue
+        buckets = list(bds[0])
+        ticks = [f"{b}\nn={bds[0][b]['num_gold']:,}" for b in buckets]
+        series = {n: [bd[b]["f1"] if bd[b]["num_gold"] or bd[b]["num_pred"] else None for b in buckets]
+                  for n, bd in zip(names, bds)}
+        panels.append((title, buckets, series, ticks))
+    figs["breakdowns"] = breakdown_figure(os.path.join(fig_dir, "breakdowns.png"), panels)
+    return figs

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .report_analysis import Span
+from .errors import Span
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]{}<>|#])")
 _ESCAPABLE = set("\\`*_[]{}<>|#")

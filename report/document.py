@@ -1,0 +1,59 @@
+"""The evaluation report as a :class:`report.render.Document`: an introduction, then the numbered sections
+(:mod:`report.sections`, :mod:`report.sections_stats`, :mod:`report.sections_sets`)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from .fmt import Context
+from .render import Document, md_escape
+from .sections import _breakdowns, _disagreements, _entity_errors, _headline, _hints, _learning_curves, _per_type
+from .sections_sets import cross_set, set_section
+from .sections_stats import partial_match
+from .sets import SetResult
+
+
+def build_document(results: list[SetResult], args, figures: dict[str, str]) -> Document:
+    """One set: the sections of that set. Several: the cross-set table, the first set in full, then a section
+    per other set (headline, per type, partial match), and the improvement hints (first set)."""
+    first = results[0]
+    multi = len(results) > 1
+    ctx = Context(first.an, {r.name: r for r in first.runs}, args, figures, set_name=first.name if multi else None)
+    doc = Document(f"NER evaluation report: fold `{args.fold}`")
+    _introduction(doc, ctx, results)
+    sections = [partial(cross_set, results=results)] if multi else []
+    sections += [_headline, _per_type, partial_match, _learning_curves, _entity_errors]
+    if len(first.runs) > 1:
+        sections.append(_disagreements)
+    sections.append(_breakdowns)
+    sections += [partial(set_section, result=r) for r in results[1:]]
+    sections.append(_hints)
+    for number, write in enumerate(sections, 1):
+        write(doc, number, ctx)
+    return doc
+
+
+def _introduction(doc: Document, ctx: Context, results: list[SetResult]) -> None:
+    models, names = ctx.models, ctx.names
+    if len(results) == 1:
+        source = {"predictions": "saved predictions", "export": "tagged by the export"}
+        doc.para(f"Generated {ctx.an['generated']} by `ner-report`. Models: "
+                 + ", ".join(f"**{md_escape(n)}** (`{ctx.runs[n].path}`, {models[n]['model_type'] or 'unknown type'}, "
+                             f"{source[models[n]['source']]})" for n in names)
+                 + f". Data: `{ctx.an['data'] or 'not given'}`; {models[names[0]]['sentences']:,} sentences, "
+                 f"{models[names[0]]['words']:,} words, {models[names[0]]['errors']['num_gold']:,} gold entities.")
+    else:
+        runs = {}
+        for r in results:
+            for run in r.runs:
+                runs.setdefault(run.name, (run, r.an["models"][run.name]))
+        doc.para(f"Generated {ctx.an['generated']} by `ner-report`. Models: "
+                 + ", ".join(f"**{md_escape(n)}** (`{run.path}`, {m['model_type'] or 'unknown type'})"
+                             for n, (run, m) in runs.items())
+                 + f". Evaluation sets (fold `{ctx.args.fold}` of each): "
+                 + ", ".join(f"**{md_escape(r.name)}** (`{r.set.path}`)" for r in results)
+                 + f". The first set, **{md_escape(results[0].name)}**, is analysed in full in the sections "
+                   "that name it; every other set has one section of its own.")
+    for n in names:
+        for note in models[n]["notes"]:
+            doc.para(f"Note on **{md_escape(n)}**: {md_escape(note)}.")
