@@ -28,6 +28,21 @@ def _columns(value: str) -> list[str]:
     return [c.strip() for c in value.split(",") if c.strip()]
 
 
+def _at_least(low: int, what: str = ""):
+    """An argparse type: a whole number >= ``low`` (bad values stop at parsing with one line, exit 2;
+    e.g. --buffer-rows 0 would otherwise never finish)."""
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}{what}, got {n}")
+        return n
+
+    return parse
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="ner-tag", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,31 +55,34 @@ def parse_args(argv=None):
     p.add_argument("--keep-columns", type=_columns, metavar="A,B",
                    help="columns carried into the output; default: all but the text column "
                         "(when --id-column or --keep-columns is given, only those)")
-    p.add_argument("--batch-tokens", type=int, default=0,
-                   help="padded word pieces per batch (default: 4096 on CPU, 16384 on GPU)")
+    p.add_argument("--batch-tokens", type=_at_least(0, " (0: the default)"), default=0,
+                   help="padded word pieces per batch, at least the model's window "
+                        "(default: 4096 on CPU, 16384 on GPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 (fp16 without bf16 support) on GPU; on CPU bf16 where the CPU has native "
                         "bf16 (AVX512-BF16/AMX), else fp32. fp32 for exact full-precision results")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an output folder made by another model or input (same model and input: resume)")
-    p.add_argument("--num-shards", type=int, help="split the parts over N independent jobs "
+                   help="replace an output folder made by another model, precision or input "
+                        "(same model, precision and input: resume)")
+    p.add_argument("--num-shards", type=_at_least(1), help="split the parts over N independent jobs "
                    "(default: SLURM_ARRAY_TASK_COUNT when set, else 1)")
-    p.add_argument("--shard-index", type=int, help="this job's shard (default: SLURM_ARRAY_TASK_ID "
+    p.add_argument("--shard-index", type=_at_least(0), help="this job's shard (default: SLURM_ARRAY_TASK_ID "
                    "- SLURM_ARRAY_TASK_MIN when set, else 0)")
-    p.add_argument("--rows-per-part", type=int, default=10000,
+    p.add_argument("--rows-per-part", type=_at_least(1), default=10000,
                    help="rows per output part (whole row groups are merged up to this; default 10000)")
-    p.add_argument("--buffer-rows", type=int, default=4096,
+    p.add_argument("--buffer-rows", type=_at_least(1), default=4096,
                    help="rows sorted by length together (bounds memory; default 4096)")
-    p.add_argument("--buffer-chars", type=int, default=2_000_000,
+    p.add_argument("--buffer-chars", type=_at_least(1), default=2_000_000,
                    help="characters of text per buffer at most (default 2,000,000)")
     p.add_argument("--chunking", default="sentences", choices=["sentences", "windows"],
                    help="texts longer than the model's window: 'sentences' (default) cuts them at sentence "
                         "boundaries into chunks of up to --chunk-pieces word pieces; 'windows' leaves them to "
                         "the model's overlapping windows (more context at window edges, about twice the compute)")
-    p.add_argument("--chunk-pieces", type=int, default=0,
+    p.add_argument("--chunk-pieces", type=_at_least(0, " (0: the model's window)"), default=0,
                    help="largest chunk in word pieces (default 0: the model's window)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: cores / local ranks)")
+    p.add_argument("--threads", type=_at_least(0, " (0: cores / local ranks)"), default=0,
+                   help="torch CPU threads (default: cores / local ranks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
@@ -76,19 +94,14 @@ def main(argv=None) -> int:
     from common.distributed import setup_logging
 
     setup_logging(rank, args.log_level)
-    from train.export import ExportError, _quiet_transformers
+    from taggers.export import ExportError
+    from taggers.models import quiet_transformers
 
     from .output import OutputError
     from .runner import TagOptions, format_summary, run
     from .sources import InputError
 
-    _quiet_transformers()
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - older transformers
-        pass
+    quiet_transformers()
     opts = TagOptions(
         model=args.model, inputs=args.input, output=args.output, text_column=args.text_column,
         id_column=args.id_column, keep_columns=args.keep_columns, batch_tokens=args.batch_tokens,

@@ -9,16 +9,19 @@ Layout::
                                   entities per type, seconds
       _summary.json             totals (and this run's speed), rewritten at the end of every run
       .lock                     taken while a process checks or initialises _run.json
+      _claims/part-000000.lock  held (flock) by the process tagging that part
 
 Names starting with ``_`` or ``.`` are skipped by ``pyarrow.dataset`` / ``pandas.read_parquet``, so the
 folder reads directly as one table: ``pyarrow.dataset.dataset(OUT).to_table()``.
 
-A part is written to ``.part-NNNNNN.parquet.tmp-<pid>`` and renamed when
-complete; then its manifest entry is written (also tmp + rename).  A part is
-done when both exist and agree, so a process killed at any point leaves either
-a finished part or nothing that counts; re-running the same command redoes only
-the unfinished parts.  Several processes (torchrun ranks, SLURM array tasks)
-share the folder: each writes only its own parts and manifest entries.
+A part is written to ``.part-NNNNNN.parquet.tmp-<host>-<pid>`` and renamed
+when complete; then its manifest entry is written (also tmp + rename).  A part
+is done when both exist and agree, so a process killed at any point leaves
+either a finished part or nothing that counts; re-running the same command
+redoes only the unfinished parts.  Several processes (torchrun ranks, SLURM
+array tasks) share the folder: a process tags a part only while it holds the
+part's claim (:func:`claim_part`, an exclusive ``flock`` that the kernel drops
+when the process dies, so a killed holder's part is claimed again next run).
 """
 
 from __future__ import annotations
@@ -29,14 +32,20 @@ import glob
 import hashlib
 import json
 import os
+import tempfile
 import time
 
 import pyarrow.parquet as pq
+
+from common.io import temp_name, write_json
 
 RUN_FILE = "_run.json"
 MANIFEST_DIR = "_manifest"
 SUMMARY_FILE = "_summary.json"
 LOCK_FILE = ".lock"
+CLAIMS_DIR = "_claims"
+# kept when clearing: a process may hold them (a new lock file would not exclude it); they hold no data
+_LOCKS = (LOCK_FILE, CLAIMS_DIR)
 RUN_FORMAT = 1
 
 
@@ -46,15 +55,6 @@ class OutputError(ValueError):
 
 def part_name(index: int) -> str:
     return f"part-{index:06d}.parquet"
-
-
-def write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def model_fingerprint(export_dir: str) -> str:
@@ -78,6 +78,24 @@ def input_fingerprint(files: list[dict], options: dict) -> str:
     return hashlib.sha256(json.dumps({"files": files, "options": options}, sort_keys=True).encode()).hexdigest()
 
 
+def open_folder(out_dir: str, run_info: dict, overwrite: bool) -> dict:
+    """:func:`init_folder` under :func:`folder_lock`; a folder that cannot be made or written is an
+    OutputError naming the path (a file in the way, no permission) instead of a traceback."""
+    try:
+        with folder_lock(out_dir):
+            info = init_folder(out_dir, run_info, overwrite)
+        # a resumed folder gets nothing written above: find out now, not when the first part is done
+        tempfile.TemporaryFile(dir=out_dir).close()  # nameless where it can be: nothing left if killed
+        return info
+    except OSError as e:
+        path = os.path.abspath(out_dir)
+        while not os.path.exists(path):
+            path = os.path.dirname(path)
+        if not os.path.isdir(path):
+            raise OutputError(f"--output {out_dir}: {path} is a file, not a folder") from None
+        raise OutputError(f"--output {out_dir}: cannot create or write this folder: {e.strerror or e}") from None
+
+
 @contextlib.contextmanager
 def folder_lock(out_dir: str):
     os.makedirs(out_dir, exist_ok=True)
@@ -90,7 +108,7 @@ def folder_lock(out_dir: str):
 
 
 def _ours(name: str) -> bool:
-    return (name in (RUN_FILE, MANIFEST_DIR, SUMMARY_FILE, LOCK_FILE) or name.startswith("part-")
+    return (name in (RUN_FILE, MANIFEST_DIR, SUMMARY_FILE, LOCK_FILE, CLAIMS_DIR) or name.startswith("part-")
             or name.startswith(".part-") or name.startswith(RUN_FILE + ".tmp") or name.startswith(SUMMARY_FILE + ".tmp"))
 
 
@@ -99,7 +117,7 @@ def clear_folder(out_dir: str) -> None:
     import shutil
 
     for name in os.listdir(out_dir):
-        if _ours(name) and name != LOCK_FILE:
+        if _ours(name) and name not in _LOCKS:
             path = os.path.join(out_dir, name)
             if os.path.isdir(path):
                 shutil.rmtree(path)
@@ -110,8 +128,9 @@ def clear_folder(out_dir: str) -> None:
 def init_folder(out_dir: str, run_info: dict, overwrite: bool) -> dict:
     """Create or check ``_run.json`` (call under :func:`folder_lock`); returns the folder's run info.
 
-    The same model and input (fingerprints) continue the folder (resume);
-    a different one is refused unless ``overwrite``, which clears it first.
+    The same model, precision and input (fingerprints) continue the folder
+    (resume); a different one is refused unless ``overwrite``, which clears it
+    first (parts of two precisions would differ in their scores and spans).
     A non-empty folder that ner-tag did not make is refused unless ``overwrite``.
     """
     os.makedirs(out_dir, exist_ok=True)
@@ -123,6 +142,10 @@ def init_folder(out_dir: str, run_info: dict, overwrite: bool) -> dict:
         if old.get("model", {}).get("fingerprint") != run_info["model"]["fingerprint"]:
             diffs.append(f"another model ({old.get('model', {}).get('path')!r}, this run: "
                          f"{run_info['model']['path']!r})")
+        # folders written before the precision was recorded have none: they resume
+        old_precision = old.get("model", {}).get("precision", run_info["model"]["precision"])
+        if old_precision != run_info["model"]["precision"]:
+            diffs.append(f"another precision ({old_precision}, this run: {run_info['model']['precision']})")
         if old.get("input", {}).get("fingerprint") != run_info["input"]["fingerprint"]:
             diffs.append("another input or other input options (files, text column, carried columns, "
                          "rows per part, chunking)")
@@ -134,7 +157,7 @@ def init_folder(out_dir: str, run_info: dict, overwrite: bool) -> dict:
         clear_folder(out_dir)
     else:
         foreign = [n for n in os.listdir(out_dir) if not _ours(n)]
-        ours = [n for n in os.listdir(out_dir) if _ours(n) and n != LOCK_FILE]
+        ours = [n for n in os.listdir(out_dir) if _ours(n) and n not in _LOCKS]
         if ours and not overwrite:
             raise OutputError(f"{out_dir} holds ner-tag output without {RUN_FILE}; pass --overwrite to "
                               "replace it")
@@ -144,7 +167,7 @@ def init_folder(out_dir: str, run_info: dict, overwrite: bool) -> dict:
         if ours:
             clear_folder(out_dir)
     os.makedirs(os.path.join(out_dir, MANIFEST_DIR), exist_ok=True)
-    write_json_atomic(run_path, run_info)
+    write_json(run_path, run_info)
     return run_info
 
 
@@ -164,26 +187,53 @@ def read_manifest(out_dir: str) -> dict[int, dict]:
     return out
 
 
+def _is_done(out_dir: str, part: dict, entry: dict | None) -> bool:
+    return bool(entry and entry.get("rows") == part["rows"] and entry.get("file") == part["file"]
+                and os.path.exists(os.path.join(out_dir, part_name(part["index"]))))
+
+
 def done_parts(out_dir: str, plan: list[dict]) -> set[int]:
     """Parts whose file and manifest entry both exist and agree with the plan."""
-    done = set()
     manifest = read_manifest(out_dir)
-    for p in plan:
-        e = manifest.get(p["index"])
-        if (e and e.get("rows") == p["rows"] and e.get("file") == p["file"]
-                and os.path.exists(os.path.join(out_dir, part_name(p["index"])))):
-            done.add(p["index"])
-    return done
+    return {p["index"] for p in plan if _is_done(out_dir, p, manifest.get(p["index"]))}
+
+
+def part_done(out_dir: str, part: dict) -> bool:
+    """:func:`done_parts` for one part (checked again after claiming it: another process may have just
+    finished it)."""
+    try:
+        with open(manifest_path(out_dir, part["index"])) as f:
+            entry = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return _is_done(out_dir, part, entry)
+
+
+def claim_part(out_dir: str, index: int):
+    """An open lock file held exclusively for part ``index`` (close it to release), or ``None`` when a
+    live process holds it.  ``flock`` locks die with their process, so a killed holder blocks nothing."""
+    claims = os.path.join(out_dir, CLAIMS_DIR)
+    os.makedirs(claims, exist_ok=True)
+    f = open(os.path.join(claims, part_name(index).replace(".parquet", ".lock")), "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
 
 
 class PartWriter:
-    """Streams one part into a temporary Parquet file; :meth:`commit` renames it and records it."""
+    """Streams one part into a temporary Parquet file; :meth:`commit` renames it and records it.
+
+    Create it only while holding the part's claim: it removes the part's temporary files left by others
+    (dead processes, as the claim is ours)."""
 
     def __init__(self, out_dir: str, part: dict, schema):
         self.out_dir = out_dir
         self.part = part
         self.final = os.path.join(out_dir, part_name(part["index"]))
-        self.tmp = os.path.join(out_dir, f".{part_name(part['index'])}.tmp-{os.getpid()}")
+        self.tmp = temp_name(os.path.join(out_dir, f".{part_name(part['index'])}"))
         for stale in glob.glob(os.path.join(out_dir, f".{part_name(part['index'])}.tmp-*")):
             with contextlib.suppress(OSError):
                 os.remove(stale)
@@ -208,7 +258,7 @@ class PartWriter:
                  "row_groups": self.part["row_groups"], "rows": self.part["rows"], "num_rows": self.rows,
                  **stats, "seconds": round(time.time() - self.started, 3), "finished_at": time.time(),
                  "host": os.uname().nodename, "pid": os.getpid()}
-        write_json_atomic(manifest_path(self.out_dir, self.part["index"]), entry)
+        write_json(manifest_path(self.out_dir, self.part["index"]), entry)
         return entry
 
     def abort(self) -> None:

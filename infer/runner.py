@@ -3,19 +3,25 @@
 One process (or each torchrun rank / SLURM array task) does:
 
 1. find the input files and plan the parts (:mod:`infer.sources`);
-2. check or initialise the output folder under a file lock (:mod:`infer.output`):
-   same model and input -> resume, skipping finished parts; otherwise refuse
-   (or clear with ``--overwrite``);
-3. take its share of the unfinished parts: part ``i`` belongs to shard
-   ``i % (num_shards * world_size)``, shard = ``shard_index * world_size + rank``;
-4. a background thread reads each part in bounded buffers (``--buffer-rows``
+2. load the model (before the output folder is touched: a broken export must
+   not leave a folder that then refuses the fixed one);
+3. check or initialise the output folder under a file lock (:mod:`infer.output`):
+   same model, precision and input -> resume, skipping finished parts;
+   otherwise refuse (or clear with ``--overwrite``);
+4. tag the unfinished parts of its shard: part ``i`` belongs to shard
+   ``i % num_shards`` (``--num-shards/--shard-index`` or the SLURM array; not
+   the torchrun world size, so a task re-run with another GPU count covers
+   the same parts).  The ranks of one task share its parts by claiming each
+   part before reading it (:func:`infer.output.claim_part`); a part claimed by
+   a live process is left to it;
+5. a background thread reads each part in bounded buffers (``--buffer-rows``
    rows / ``--buffer-chars`` characters) and prepares them (words, windows,
    length-sorted token-budget batches, pinned tensors on GPU) while the main
    thread runs the model on the previous buffer; the queue between them holds
    at most two buffers, so memory does not grow with the corpus;
-5. results go, in input order, into the part's temporary Parquet file, which
+6. results go, in input order, into the part's temporary Parquet file, which
    is renamed and recorded in the manifest when the part is complete;
-6. a summary (rows, words, entities per type, wall time, words/s) is printed
+7. a summary (rows, words, entities per type, wall time, words/s) is printed
    and written to ``OUT/_summary.json`` (under torchrun by rank 0, after all
    ranks finished; in a SLURM array by every task, the totals read from the
    manifest, so the last task to finish writes the complete totals).
@@ -23,27 +29,32 @@ One process (or each torchrun rank / SLURM array task) does:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 import torch
 
-from common import distributed as dist_utils
+from common import distributed
+from common.io import write_json
 
 from . import output as out_utils
 from .sources import InputError, discover, plan_parts, read_buffers
-from .tagger import ENTITIES_TYPE, TextTagger, resolve_precision
+from taggers.export import ExportError, load_tagger, read_export_config
+from taggers.precision import resolve_precision
+
+from .tagger import ENTITIES_TYPE, TextTagger
 
 log = logging.getLogger("infer")
 
-CRASH_ENV = "NER_TAG_CRASH_AFTER_ROWS"  # tests: exit abruptly once this many rows were written
+PROCESS_GROUP_TIMEOUT_S = 30 * 60
+"""How long a rank waits for its peers in a collective before the job fails (the summary gathers once, at
+the end: a rank that finished early waits for the slowest; one that died brings the job down via torchrun)."""
 
 
 @dataclass
@@ -67,7 +78,6 @@ class TagOptions:
     chunk_pieces: int = 0
     threads: int = 0
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def carried_columns(opts: TagOptions) -> list[str] | None:
@@ -122,7 +132,8 @@ class _Stats:
                 "entities": dict(sorted(self.entities.items())), "parts": self.parts}
 
 
-def _producer(tagger: TextTagger, work, sources, columns, opts, q: queue.Queue, stop: threading.Event):
+def _producer(tagger: TextTagger, work, sources, columns, opts, claims: dict, q: queue.Queue,
+              stop: threading.Event):
     def put(item):
         while not stop.is_set():
             try:
@@ -134,6 +145,14 @@ def _producer(tagger: TextTagger, work, sources, columns, opts, q: queue.Queue, 
 
     try:
         for part in work:
+            claim = out_utils.claim_part(opts.output, part.index)
+            if claim is None or out_utils.part_done(opts.output, part.to_json()):
+                if claim is not None:
+                    claim.close()
+                if not put(("skip", part, None, None)):  # another process has it, or just finished it
+                    return
+                continue
+            claims[part.index] = claim  # released by the main thread once the part is committed
             src = sources[part.source]
             for table, texts in read_buffers(src, part, columns, opts.text_column, opts.buffer_rows,
                                              opts.buffer_chars):
@@ -182,21 +201,50 @@ def run(opts: TagOptions) -> dict:
     t0 = time.time()
     bound_malloc()
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    info = dist_utils.setup(opts.device, timeout_s=7 * 24 * 3600) if world > 1 else \
-        dist_utils.DistInfo(device=dist_utils.resolve_device(opts.device))
+    info = distributed.setup(opts.device, timeout_s=PROCESS_GROUP_TIMEOUT_S) if world > 1 else \
+        distributed.DistInfo(device=distributed.resolve_device(opts.device))
+    completed = False
     try:
-        return _run(opts, info, t0)
+        summary = _run(opts, info, t0)
+        completed = True
+        return summary
     finally:
         if world > 1:
-            dist_utils.teardown()
+            distributed.teardown(completed)
+
+
+def _same_on_every_rank(fn, info):
+    """``fn()``; when it fails on any rank, every rank raises (the first) error, so that all stop with the
+    same message instead of some waiting for the others in a collective."""
+    result = error = None
+    try:
+        result = fn()
+    except ValueError as e:  # InputError, OutputError, ExportError: a message for the user
+        error = e
+    errors = distributed.gather_objects(None if error is None else str(error), info)
+    if error is not None:
+        raise error
+    if any(errors):
+        raise out_utils.OutputError(next(e for e in errors if e))
+    return result
+
+
+def _load_tagger(opts: TagOptions, device, precision: str) -> TextTagger:
+    """The export's tagger; an export that cannot be loaded (e.g. missing or broken weights) is an
+    ExportError naming it, whatever the loader raised (the traceback is logged at DEBUG)."""
+    try:
+        model, windower = load_tagger(opts.model, device)
+    except ExportError:
+        raise
+    except Exception as e:
+        log.debug("loading %s failed", opts.model, exc_info=True)
+        raise ExportError(f"--model {opts.model}: cannot load the model: {' '.join(str(e).split())}") from None
+    return TextTagger(model, windower, device, precision=precision, batch_tokens=opts.batch_tokens,
+                      chunking=opts.chunking, chunk_pieces=opts.chunk_pieces)
 
 
 def _run(opts: TagOptions, info, t0: float) -> dict:
-    from train.export import read_export_config
-
     num_shards, shard_index = shard_from_env(opts.num_shards, opts.shard_index)
-    total_shards = num_shards * info.world_size
-    shard_id = shard_index * info.world_size + info.rank
     threads = _set_threads(opts, info.device)
 
     meta = read_export_config(opts.model)
@@ -212,51 +260,38 @@ def _run(opts: TagOptions, info, t0: float) -> dict:
              for s in sources]
     input_options = {"text_column": opts.text_column, "columns": columns, "rows_per_part": opts.rows_per_part,
                      "chunking": opts.chunking, "chunk_pieces": opts.chunk_pieces}
+    precision = resolve_precision(opts.precision, info.device)  # "auto" and what it resolves to are the same
     run_info = {
         "format": out_utils.RUN_FORMAT, "tool": "ner-tag",
         "model": {"path": os.path.abspath(opts.model), "fingerprint": out_utils.model_fingerprint(opts.model),
-                  "model_type": meta["model_type"], "labels": meta["labels"]},
+                  "model_type": meta["model_type"], "labels": meta["labels"], "precision": precision},
         "input": {"fingerprint": out_utils.input_fingerprint(files, input_options), "files": files,
                   **input_options},
         "parts": plan, "created": time.time(),
     }
-    error = None
-    try:
-        with out_utils.folder_lock(opts.output):
-            out_utils.init_folder(opts.output, run_info, opts.overwrite)
-    except out_utils.OutputError as e:
-        error = e
-    errors = dist_utils.gather_objects(None if error is None else str(error), info)
-    if error is not None:
-        raise error
-    if any(errors):
-        raise out_utils.OutputError(next(e for e in errors if e))
+    tagger = _same_on_every_rank(lambda: _load_tagger(opts, info.device, precision), info)
+    _same_on_every_rank(lambda: out_utils.open_folder(opts.output, run_info, opts.overwrite), info)
 
     done = out_utils.done_parts(opts.output, plan)
-    work = [p for p in parts if p.index % total_shards == shard_id and p.index not in done]
+    work = [p for p in parts if p.index % num_shards == shard_index and p.index not in done]
     my_rows = sum(p.num_rows for p in work)
-    log.info("%d parts planned, %d already done; shard %d/%d takes %d parts (%d rows)", len(parts), len(done),
-             shard_id, total_shards, len(work), my_rows)
+    log.info("%d parts planned, %d already done; shard %d/%d has %d parts (%d rows) to do, shared by %d "
+             "process(es)", len(parts), len(done), shard_index, num_shards, len(work), my_rows, info.world_size)
 
-    precision = resolve_precision(opts.precision, info.device)
     stats = _Stats()
     t_tag = time.time()
     if work:
-        tagger = TextTagger.from_export(opts.model, info.device, precision=precision,
-                                        batch_tokens=opts.batch_tokens, chunking=opts.chunking,
-                                        chunk_pieces=opts.chunk_pieces)
-        t_tag = time.time()
         _tag_parts(tagger, work, sources, columns, opts, stats, show=opts.progress and info.is_main,
                    total_rows=my_rows)
     t_end = time.time()
     this = {**stats.as_dict(), "wall_s": round(t_end - t0, 3), "tag_s": round(t_end - t_tag, 3),
             "words_per_s": round(stats.words / max(t_end - t_tag, 1e-9), 1),
-            "rank": info.rank, "shard": shard_id, "device": str(info.device), "precision": precision,
+            "rank": info.rank, "shard": shard_index, "device": str(info.device), "precision": precision,
             "threads": threads}
-    per_rank = dist_utils.gather_objects(this, info)
+    per_rank = distributed.gather_objects(this, info)
     summary = _summary(opts, per_rank, len(parts), t0, info, num_shards, shard_index)
     if info.is_main:
-        out_utils.write_json_atomic(os.path.join(opts.output, out_utils.SUMMARY_FILE), summary)
+        write_json(os.path.join(opts.output, out_utils.SUMMARY_FILE), summary)
     return summary
 
 
@@ -264,10 +299,10 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
     from tqdm import tqdm
 
     schema = pa.schema([sources[0].schema.field(c) for c in columns] + [pa.field("entities", ENTITIES_TYPE)])
-    crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
     q: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
-    thread = threading.Thread(target=_producer, args=(tagger, work, sources, columns, opts, q, stop),
+    claims: dict = {}  # part index -> its held claim
+    thread = threading.Thread(target=_producer, args=(tagger, work, sources, columns, opts, claims, q, stop),
                               name="ner-tag-prepare", daemon=True)
     thread.start()
     bar = tqdm(total=total_rows, unit="rows", disable=not show, dynamic_ncols=True, smoothing=0.05,
@@ -283,15 +318,19 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
             kind, part, table, prep = item
             if kind == "error":
                 raise part
+            if kind == "skip":  # counted as done for the bar: its holder tags it
+                bar.update(part.num_rows)
+                continue
+            if writer is None:  # at the part's first buffer, or at its end for a part without rows
+                writer = out_utils.PartWriter(opts.output, part.to_json(), schema)
+                part_stats = _Stats()
             if kind == "end":
                 entry = writer.commit(part_stats.as_dict())
+                claims.pop(part.index).close()
                 stats.parts += 1
                 log.debug("part %d done: %s", part.index, entry)
                 writer = None
                 continue
-            if writer is None:
-                writer = out_utils.PartWriter(opts.output, part.to_json(), schema)
-                part_stats = _Stats()
             tagged = tagger.run(prep)
             arrays = [table.column(c) for c in columns] + [tagged.to_arrow()]
             writer.write(pa.Table.from_arrays(arrays, schema=schema))
@@ -307,8 +346,6 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
             trim_malloc()
             bar.update(rows_done)
             bar.set_postfix_str(f"{stats.words / max(time.time() - t_start, 1e-9):,.0f} words/s", refresh=False)
-            if crash_after and stats.rows >= crash_after:
-                os._exit(75)  # simulated kill (tests): no clean-up at all
     except BaseException:
         stop.set()
         if writer is not None:
@@ -323,6 +360,8 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
                 pass
         thread.join()
         bar.close()
+        for claim in claims.values():  # parts not finished: free for the next run
+            claim.close()
 
 
 def _summary(opts, per_rank: list[dict], parts_total: int, t0: float, info, num_shards, shard_index) -> dict:
@@ -370,7 +409,3 @@ def format_summary(summary: dict) -> str:
         f"summary: {os.path.join(summary['output'], out_utils.SUMMARY_FILE)}",
     ]
     return "\n".join(lines)
-
-
-def options_json(opts: TagOptions) -> str:
-    return json.dumps(asdict(opts))

@@ -5,11 +5,15 @@ hive partitions such as ``year=2020/`` become columns; files starting with
 ``.`` or ``_`` are ignored, as pyarrow does).  Every file's own (physical)
 schema is checked before anything is written: a text column that is missing
 or not a string column is an :class:`InputError` naming the file and column.
+All files are read with one schema unified over them (a column a file lacks
+is null there); a column whose types cannot be unified is an InputError
+naming two files that disagree.
 
 The work is cut into *parts*: consecutive row groups of one file, merged while
 they hold at most ``rows_per_part`` rows; a row group larger than that is cut
 into equal row ranges.  Parts are numbered in input order and are the unit of
-output files, resume and sharding.
+output files, resume and sharding.  An input without rows gets one empty part,
+so the output still has a file with the columns.
 """
 
 from __future__ import annotations
@@ -83,8 +87,48 @@ def _datasets(inputs: Sequence[str]) -> list[ds.Dataset]:
     return out
 
 
+def _file_schema(physical: pa.Schema, dataset: ds.Dataset) -> pa.Schema:
+    """The file's own columns plus the hive partition columns of its folder (``year=2020/``)."""
+    partitioning = getattr(dataset, "partitioning", None)
+    extra = [f for f in (partitioning.schema if partitioning is not None else []) if f.name not in physical.names]
+    return pa.schema(list(physical) + extra)
+
+
+def _unify(schemas: list[tuple[str, pa.Schema]]) -> pa.Schema:
+    """One schema for all files: a column missing from a file is null there, null-typed columns take the
+    other files' type, numbers widen (int32 + int64 -> int64); an InputError names two files that disagree."""
+    unified = schemas[0][1]
+    origin = {name: schemas[0][0] for name in unified.names}  # the file that gave each column its type
+    for path, schema in schemas[1:]:
+        try:
+            merged = pa.unify_schemas([unified, schema], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            for f in schema:
+                if f.name in origin and not _compatible(unified.field(f.name), f):
+                    raise InputError(f"column {f.name!r} is {unified.field(f.name).type} in {origin[f.name]} "
+                                     f"but {f.type} in {path}; the input files cannot be read as one table "
+                                     "(convert the column, or tag the files separately)") from None
+            raise InputError(f"{path}: its columns do not fit those of {schemas[0][0]}: {e}") from None
+        for f in schema:
+            if f.name not in origin or merged.field(f.name).type != unified.field(f.name).type:
+                origin[f.name] = path
+        unified = merged
+    return unified
+
+
+def _compatible(a: pa.Field, b: pa.Field) -> bool:
+    try:
+        pa.unify_schemas([pa.schema([a]), pa.schema([b])], promote_options="permissive")
+        return True
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+
+
 def discover(inputs: Sequence[str], text_column: str, columns: Sequence[str] | None) -> tuple[list[Source], list[str]]:
-    """All input files and the output's carried columns (``columns=None``: every non-text column)."""
+    """All input files and the output's carried columns (``columns=None``: every non-text column).
+
+    Every file is read with one schema unified over all of them (a dataset's own schema comes from its
+    first file only, which would drop the columns that file lacks)."""
     sources: list[Source] = []
     seen = set()
     try:
@@ -112,14 +156,11 @@ def discover(inputs: Sequence[str], text_column: str, columns: Sequence[str] | N
             if not _is_string(field.type):
                 raise InputError(f"{frag.path}: text column {text_column!r} has type {field.type}, "
                                  "expected a string column; choose another with --text-column")
-            sources.append(Source(frag.path, frag, d.schema, rg_rows))
-            schemas.append(d.schema)
+            sources.append(Source(frag.path, frag, physical, rg_rows))
+            schemas.append((frag.path, _file_schema(physical, d)))
     if not sources:
         raise InputError(f"no Parquet files found in {list(inputs)}")
-    try:
-        unified = pa.unify_schemas(schemas, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise InputError(f"the input files have incompatible schemas: {e}") from None
+    unified = _unify(schemas)
     if columns is None:
         columns = [n for n in unified.names if n != text_column]
     else:
@@ -163,6 +204,8 @@ def plan_parts(sources: Sequence[Source], rows_per_part: int) -> list[Part]:
                 h += 1
             parts.append(Part(len(parts), src.path, (g, h), (offsets[g], offsets[h]), si))
             g = h
+    if not parts and sources:  # no rows at all: one empty part still shows readers the columns
+        parts.append(Part(0, sources[0].path, (0, 0), (0, 0), 0))
     return parts
 
 
@@ -210,6 +253,8 @@ def read_buffers(src: Source, part: Part, columns: Sequence[str], text_column: s
                 break
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
         raise InputError(f"{src.path}: cannot read column {text_column!r} or {list(columns)}: {e}") from None
+    except OSError as e:  # corrupt data pages, a truncated file: pyarrow raises OSError without the path
+        raise InputError(f"{src.path}: cannot decode the rows of part {part.index}: {e}") from None
     if pending:
         yield flush()
     if todo > 0:

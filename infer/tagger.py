@@ -15,14 +15,15 @@ the CPU part while the model runs (see :mod:`infer.runner`):
   window), so every piece is computed once and every word keeps up to a
   window of context from its own and neighbouring sentences; a single
   "sentence" longer than a window, and every long text with
-  ``chunking="windows"``, is split by the encoder into overlapping windows
+  ``chunking="windows"``, is split by the windower into overlapping windows
   (each word predicted from the window where it has the most context; about
   twice the compute).  Nothing is truncated or dropped either way.  Texts that
   fit in one window are never cut, so they are tagged exactly as one
   model input (as the Hugging Face pipeline does).
-* :meth:`TextTagger.run` (model): forward + ``model.decode`` per batch; the
-  per-word predictions are scattered into one flat tensor on the device (no
-  per-piece Python loop, one device-to-host copy per buffer), then IOB2 word
+* :meth:`TextTagger.run` (model): the project's one prediction path
+  (:func:`taggers.predict.predict_batches`: forward + ``model.decode`` per
+  batch, per-word predictions scattered into one flat tensor on the device, one
+  device-to-host copy per buffer), then IOB2 word
   tags are read as spans the conlleval way (``common.spans.tags_to_spans``)
   and mapped back to character offsets of the original text.  The score of a
   span is the mean probability of its words' predicted tags.
@@ -33,8 +34,8 @@ whitespace-only texts get no entity.
 
 from __future__ import annotations
 
-import contextlib
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -45,6 +46,9 @@ import torch
 from common.batching import collate_windows, token_budget_batches
 from common.data import Sentence, split_tag
 from common.spans import tags_to_spans
+from taggers.export import load_tagger
+from taggers.precision import DTYPES, resolve_precision
+from taggers.predict import predict_batches
 
 from .words import sentence_chunks, split_words
 
@@ -59,31 +63,9 @@ ENTITY_STRUCT = pa.struct([
 ])
 ENTITIES_TYPE = pa.list_(pa.field("item", ENTITY_STRUCT))
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHUNKING = ("sentences", "windows")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # batch keys the models read (labels are left out: no loss at inference)
 _MODEL_KEYS = ("input_ids", "attention_mask", "casing", "word_index", "scored", "sentence")
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matrix products run natively (about 1.5-2x fp32 speed)."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # pragma: no cover - older torch
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs that support it, else fp16; on CPU bf16 where the CPU computes it natively
-    (AVX512-BF16/AMX), else fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 @dataclass
@@ -136,37 +118,35 @@ class Tagged:
         return out
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for t in self.label:
-            out[t] = out.get(t, 0) + 1
-        return out
+        return dict(Counter(self.label))
 
 
 class TextTagger:
-    """Tags raw texts with a loaded tagger (``train.export.load_tagger``)."""
+    """Tags raw texts with a loaded tagger (``taggers.export.load_tagger``)."""
 
-    def __init__(self, model, encoder, device: str | torch.device = "cpu", precision: str = "auto",
+    def __init__(self, model, windower, device: str | torch.device = "cpu", precision: str = "auto",
                  batch_tokens: int = 0, chunking: str = "sentences", chunk_pieces: int = 0):
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
         if self.precision == "fp16" and self.device.type == "cpu":
             log.warning("fp16 on CPU is slow and imprecise; bf16 or fp32 are better choices")
         self.model = model
-        self.encoder = encoder
-        self.labels = list(getattr(model, "labels", encoder.labels))
+        self.windower = windower
+        self.labels = list(model.labels)
         self.batch_tokens = batch_tokens or (16384 if self.device.type == "cuda" else 4096)
-        if self.batch_tokens < encoder.max_length:
-            raise ValueError(f"batch_tokens ({self.batch_tokens}) must be at least the model's window "
-                             f"({encoder.max_length} pieces)")
+        if self.batch_tokens < windower.max_length:
+            raise ValueError(f"--batch-tokens {self.batch_tokens} is less than the model's window of "
+                             f"{windower.max_length} word pieces: use at least {windower.max_length}, "
+                             "or 0 for the default")
         if chunking not in CHUNKING:
             raise ValueError(f"chunking must be one of {CHUNKING}, got {chunking!r}")
         self.chunking = chunking
-        window = encoder.max_length - encoder.num_special
+        window = windower.max_length - windower.num_special
         self.chunk_pieces = min(chunk_pieces, window) if chunk_pieces > 0 else window
         self.pin = self.device.type == "cuda"
         self.outside_id = self.labels.index("O")
         self.types = [split_tag(t)[1] for t in self.labels]
-        dtype = _DTYPES[self.precision]
+        dtype = DTYPES[self.precision]
         self.model.eval()
         if dtype != torch.float32:
             self.model.to(dtype)
@@ -175,10 +155,8 @@ class TextTagger:
 
     @classmethod
     def from_export(cls, path: str, device: str | torch.device = "cpu", **kw) -> "TextTagger":
-        from train.export import load_tagger
-
-        model, encoder = load_tagger(path, device)
-        return cls(model, encoder, device, **kw)
+        model, windower = load_tagger(path, device)
+        return cls(model, windower, device, **kw)
 
     # ------------------------------------------------------------------ CPU side
     def prepare(self, texts: Sequence) -> Prepared:
@@ -199,7 +177,7 @@ class TextTagger:
                      and len(t.encode("utf-8")) + len(all_words[r]) > budget]
         sizes: dict[int, list[int]] = {}
         if long_rows:
-            pieces = self.encoder.word_pieces([all_words[r] for r in long_rows])
+            pieces = self.windower.word_pieces([all_words[r] for r in long_rows])
             sizes = {r: [min(len(p), budget) for p in wp] for r, wp in zip(long_rows, pieces)}
         row_first = np.zeros(len(texts) + 1, dtype=np.int64)
         sentences: list[Sentence] = []
@@ -219,10 +197,10 @@ class TextTagger:
         prep = Prepared(texts, all_starts, all_ends, row_first, torch.tensor(chunk_first, dtype=torch.long))
         if not sentences:
             return prep
-        windows = self.encoder.encode(sentences, with_labels=False)
+        windows = self.windower.windows(sentences, with_labels=False)
         lengths = [len(w) for w in windows]
         for idx in token_budget_batches(lengths, self.batch_tokens, shuffle=False):
-            batch = collate_windows([windows[i] for i in idx], self.encoder.pad_id)
+            batch = collate_windows([windows[i] for i in idx], self.windower.pad_id)
             batch = {k: batch[k] for k in _MODEL_KEYS}
             if self.pin:
                 batch = {k: v.pin_memory() for k, v in batch.items()}
@@ -232,39 +210,14 @@ class TextTagger:
         return prep
 
     # ------------------------------------------------------------------ model side
-    def _autocast(self):
-        # weights are already in the target dtype; autocast only covers ops that would mix dtypes
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
-
-    def _decode(self, batch, outputs):
-        return self.model.decode(batch, outputs)
-
-    @torch.inference_mode()
     def predict(self, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:
         """Per-word (label id, probability) over the buffer's flat word list."""
-        n = prep.num_words
-        preds = torch.full((n,), -1, dtype=torch.long, device=self.device)
-        probs = torch.zeros(n, dtype=torch.float32, device=self.device)
-        if not prep.batches:
-            return preds.cpu().numpy(), probs.cpu().numpy()
-        chunk_first = prep.chunk_first_word.to(self.device, non_blocking=True)
-        for cpu_batch in prep.batches:
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()}
-            with self._autocast():
-                outputs = self.model(batch)
-            pred, prob = self._decode(batch, outputs)
-            mask = batch["word_index"] >= 0
-            sent = batch["sentence"][:, None].expand_as(mask)[mask]
-            flat = chunk_first[sent] + batch["word_index"][mask]
-            preds[flat] = pred[mask]
-            probs[flat] = prob[mask].float()
-        preds_np, probs_np = preds.cpu().numpy(), probs.cpu().numpy()
-        if n and preds_np.min() < 0:
-            missing = int((preds_np < 0).sum())
+        flat = predict_batches(self.model, prep.batches, prep.chunk_first_word, prep.num_words, self.device,
+                               self.precision)
+        if prep.num_words and flat.label_ids.min() < 0:
+            missing = int((flat.label_ids < 0).sum())
             raise AssertionError(f"{missing} words got no prediction (windows do not cover every word)")
-        return preds_np, probs_np
+        return flat.label_ids, flat.probs
 
     def run(self, prep: Prepared) -> Tagged:
         """Entities of every text of the buffer, in order."""

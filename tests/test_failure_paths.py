@@ -90,7 +90,7 @@ def test_failing_training_rank_stops_the_job(tmp_path, tiny_bert_dir, tiny_data_
 # ------------------------------------------------------------------ tagging
 ROWS = 48
 ROW_GROUP = 8  # rows per row group = rows per part (--rows-per-part 8): 6 parts per file
-CORRUPT_GROUP = 3  # of the second file: part 6 + 3 = 9, which is rank 1's (part i -> rank i % 2)
+CORRUPT_GROUP = 3  # of the second file: part 6 + 3 = 9
 
 
 def _write_texts(path: Path, first_id: int) -> Path:
@@ -129,10 +129,10 @@ def test_failing_tagging_rank_stops_the_job(tmp_path, tiny_exports):
     assert code != 0, output[-6000:]
     assert "b_corrupt.parquet" in output, output[-6000:]
     assert wall < DEADLINE_S, f"the job took {wall:.1f}s to stop:\n{output[-6000:]}"
-    # finished parts stay: rank 1 tagged parts 1, 3, 5 (the good file) and 7 in order before failing on
-    # part 9; whatever else is there (rank 0's) is complete and correct
+    # finished parts stay, complete and correct: the ranks claim parts in order, each holds at most two
+    # unfinished ones, so when part 9 failed at least five of parts 0-8 were done
     done = sorted(int(p.name[5:11]) for p in out.glob("part-*.parquet"))
-    assert {1, 3, 5, 7} <= set(done) and 9 not in done, done
+    assert len(done) >= 5 and 9 not in done, done
     assert set(done) <= set(range(12)) - {9}
     for index in done:
         table = pq.read_table(out / f"part-{index:06d}.parquet")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -181,7 +182,7 @@ def test_library_long_texts_are_predicted_whole(tiny_exports):
     text = long_text(40)
     prep = tagger.prepare([text, None])
     assert prep.num_words == len(split_words(text)[0])
-    assert max(b["input_ids"].shape[1] for b in prep.batches) <= tagger.encoder.max_length
+    assert max(b["input_ids"].shape[1] for b in prep.batches) <= tagger.windower.max_length
     assert sum(b["input_ids"].shape[0] for b in prep.batches) > 1  # several windows
     preds, _ = tagger.predict(prep)
     assert (preds >= 0).all()
@@ -191,10 +192,10 @@ def test_library_long_texts_are_predicted_whole(tiny_exports):
     chunked = TextTagger.from_export(str(tiny_exports["bilstm"] / "export"), "cpu", chunking="sentences",
                                      batch_tokens=512)
     prep2 = chunked.prepare([text])
-    pieces = sum(len(p) for p in chunked.encoder.word_pieces([split_words(text)[0]])[0])
+    pieces = sum(len(p) for p in chunked.windower.word_pieces([split_words(text)[0]])[0])
     n_windows = sum(b["input_ids"].shape[0] for b in prep2.batches)
     assert n_windows > 1 and prep2.num_pieces == pieces + 2 * n_windows < prep.num_pieces
-    assert max(b["input_ids"].shape[1] for b in prep2.batches) <= chunked.encoder.max_length
+    assert max(b["input_ids"].shape[1] for b in prep2.batches) <= chunked.windower.max_length
     assert all(text[e["start"]:e["end"]] == e["text"] for e in chunked.tag([text])[0])
 
 
@@ -254,10 +255,29 @@ def test_refuses_folder_of_another_model(tiny_exports, sample_input, bert_refere
 
 
 # ------------------------------------------------------------------ resume and sharding
-def _cli(*args: str, env_extra: dict | None = None, launcher=None, timeout=120) -> subprocess.CompletedProcess:
+# ner-tag, killed with SIGKILL when it is about to tag a buffer after KILL_AFTER rows were tagged
+_KILLED_TAGGER = """
+import os, signal, sys
+from infer import tagger
+tagged_rows = 0
+tag_buffer = tagger.TextTagger.run
+def run(self, prep):
+    global tagged_rows
+    if tagged_rows >= int(os.environ["KILL_AFTER"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    tagged_rows += prep.num_rows
+    return tag_buffer(self, prep)
+tagger.TextTagger.run = run
+from infer.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _cli(*args: str, env_extra: dict | None = None, launcher=None, timeout=120,
+         entry=("-m", "infer")) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    cmd = (launcher or [sys.executable]) + ["-m", "infer", *args, "--threads", "1", "--no-progress"]
+    cmd = (launcher or [sys.executable]) + [*entry, *args, "--threads", "1", "--no-progress"]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -266,8 +286,8 @@ def test_killed_run_resumes_without_duplicates(tiny_exports, sample_input, bert_
     args = ["--model", str(tiny_exports["bert"] / "export"), "--input", str(sample_input[0]), "--output", str(out),
             "--rows-per-part", "10", "--buffer-rows", "6"]
     # killed in the middle of the second part (after 14 rows: part 0 has 8, part 1 is half written)
-    r = _cli(*args, env_extra={"NER_TAG_CRASH_AFTER_ROWS": "14"})
-    assert r.returncode == 75, r.stderr
+    r = _cli(*args, env_extra={"KILL_AFTER": "14"}, entry=("-c", _KILLED_TAGGER))
+    assert r.returncode == -signal.SIGKILL, r.stderr
     assert [p.name for p in out.glob("part-*.parquet")] == ["part-000000.parquet"]
     assert list(out.glob(".part-000001.parquet.tmp-*"))  # the torn part is only a temporary file
     r = _cli(*args)
