@@ -381,6 +381,49 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                            f"{[(j.get('JobId'), j.get('JobState')) for j in jobs]}")
 
 
+    def wait_through_requeues(self, job_id: int | str, timeout: float = 240, hold_s: float = 3,
+                              settle_s: float = 2, poll: float = 0.3) -> tuple[list[dict], list[tuple]]:
+        """Wait for a job (or every task of an array) that may requeue itself to end; returns
+        ``(show_job records, states seen)``, the states as ``(JobId, JobState, Reason, Restarts)``.
+
+        SLURM holds a requeued job for CredExpire+1 s (~2 minutes, ``Reason=BeginTime``) so that its new
+        launch credential is not taken for the revoked one: slurmd rejects a credential of the same job id
+        whose creation second is <= the second it revoked the old one (the job then FAILS with no output
+        at all). A task held like that is released early (``StartTime=now``), but only once ``hold_s``
+        whole seconds have passed. States seen while a requeue happens (COMPLETING, ...) pass quickly,
+        so every task's final state must hold for ``settle_s``.
+        """
+        final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                 "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+        deadline = time.time() + timeout
+        seen: list[tuple] = []
+        held_since: dict[str, float] = {}
+        final_since = None
+        while True:
+            jobs = self.show_job(job_id)
+            for job in jobs:
+                state = (job.get("JobId"), job.get("JobState"), job.get("Reason"), job.get("Restarts"))
+                if state not in seen[-len(jobs):]:
+                    seen.append(state)
+                if job.get("JobState") == "PENDING" and job.get("Reason") == "BeginTime":
+                    since = held_since.setdefault(job["JobId"], time.time())
+                    if time.time() - since >= hold_s:
+                        _run(["scontrol", "update", f"jobid={job['JobId']}", "StartTime=now"], check=False,
+                             env=self.env(), timeout=30)
+                else:
+                    held_since.pop(job.get("JobId"), None)
+            if jobs and all(j.get("JobState") in final for j in jobs):
+                final_since = final_since or time.time()
+                if time.time() - final_since >= settle_s:
+                    return jobs, seen
+            else:
+                final_since = None
+            if time.time() > deadline:
+                _run(["scancel", str(job_id)], check=False, env=self.env())
+                raise TimeoutError(f"job {job_id} not finished after {timeout:.0f}s; states {seen}")
+            time.sleep(poll)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cmd = argv[0] if argv else "status"

@@ -8,11 +8,18 @@ workers still compute on CPU.
 
 * ``slurm/train.sbatch`` with 2 torchrun workers (one per CPU) on tiny data and a tiny BiLSTM, and
   with the DeepSpeed engine and a tiny BERT;
-* a training job preempted with ``scancel --signal=USR1 --batch`` (what ``--signal=B:USR1@120``
-  sends before the time limit) after its first checkpoint: it checkpoints, requeues itself,
-  resumes from the checkpoint and completes;
+* training jobs (DDP/BiLSTM and DeepSpeed/BERT) preempted with ``scancel --signal=USR1 --batch`` (what
+  ``--signal=B:USR1@300`` sends before the time limit) after their first checkpoint: they checkpoint,
+  requeue themselves, resume and end like an uninterrupted run (every step logged once, metrics.json);
+* a training job stopped before its first checkpoint is not requeued (no progress); a rank that dies
+  ends the job FAILED, not requeued;
 * ``slurm/tag.sbatch`` as a 2-task array over 3 Parquet files: every input row comes out exactly
-  once, and submitting again does no work.
+  once, and submitting again does no work; a task preempted mid-way requeues itself and the output
+  still holds every row once; a task is not requeued without progress, or past NER_MAX_REQUEUES;
+* the scripts' stop budget (shutdown + node grace inside the signal lead) and rendezvous port range.
+
+A requeued job is released from SLURM's ~2 minute BeginTime hold early, but only 3 s after the requeue
+(see ``Cluster.wait_through_requeues``).
 """
 
 from __future__ import annotations
@@ -139,6 +146,7 @@ def test_train_deepspeed_bert(slurm_cluster, node, tmp_path, tiny_bert_dir, tiny
 # ---------------------------------------------------------------- (b) preemption and requeue
 def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, node, tmp_path, tiny_bert_dir,
                                                         tiny_data_json):
+    """A BiLSTM job (2 workers: one per fake GPU) preempted after its first checkpoint requeues and resumes."""
     env = job_env()
     if node["gpus"] >= 2:
         resources = ["--gpus-per-node=2", f"--cpus-per-task={min(2, node['cpus'])}"]  # 2 workers, one per GPU
@@ -148,51 +156,36 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, node, tmp
     args = [*resources, str(TRAIN_SBATCH),
             *tiny_args(tiny_data_json, tiny_bert_dir, *BILSTM, "train.epochs=1000", f"train.max_steps={max_steps}",
                        "train.eval_every=40", "train.checkpoint_every=10", "train.log_every=1")]
-    job_id = slurm_cluster.sbatch(args, cwd=tmp_path, env=env)
-    run = tmp_path / "runs" / f"ner-train-{job_id}"
-    log_path = tmp_path / f"ner-train-{job_id}.out"
+    job, log, run = preempt_and_requeue_training(slurm_cluster, args, tmp_path, env, max_steps, JOB_TIMEOUT)
+    if node["gpus"] >= 2:  # workers per node come from the GPUs SLURM gave the step on the node
+        assert "procs/node=2 gpus/node=2" in log, log[-6000:]
+    assert (run / "export" / "ner_config.json").is_file()
 
-    # wait for the first checkpoint, then send what --signal=B:USR1@120 sends before the time limit
-    deadline = time.time() + JOB_TIMEOUT
+
+def preempt_and_requeue_training(cluster: Cluster, args: list[str], cwd: Path, env: dict, max_steps: int,
+                                 timeout: float) -> tuple[dict, str, Path]:
+    """Submit a training job, preempt it after its first checkpoint (`scancel --signal=USR1 --batch`, what
+    --signal=B:USR1@300 sends before the time limit), let it requeue itself, and check that it ends like
+    an uninterrupted run: every step logged once, metrics.json written. Returns (job, job log, run folder)."""
+    job_id = cluster.sbatch(args, cwd=cwd, env=env)
+    run = cwd / "runs" / f"ner-train-{job_id}"
+    log_path = cwd / f"ner-train-{job_id}.out"
+
+    deadline = time.time() + timeout
     while not (run / "checkpoints" / "latest").exists():
-        job = slurm_cluster.show_job(job_id)[0]
+        job = cluster.show_job(job_id)[0]
         assert job["JobState"] in ("PENDING", "RUNNING"), job_log(log_path)[-4000:]
         assert time.time() < deadline, "no checkpoint appeared\n" + job_log(log_path)[-4000:]
         time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=USR1", "--batch", str(job_id)], check=True, env=slurm_cluster.env())
+    subprocess.run(["scancel", "--signal=USR1", "--batch", str(job_id)], check=True, env=cluster.env())
 
-    # SLURM holds a requeued job for CredExpire+1 s (~2 minutes, Reason=BeginTime) so that the new
-    # launch credential is not taken for the revoked one: slurmd rejects a credential of the same
-    # job id whose creation second is <= the second it revoked the old one (the job then FAILS with
-    # no output at all, as seen once in CI). Release it early, but only once a few whole seconds have
-    # passed since the requeue. States seen while the requeue happens (COMPLETING, ...) pass quickly:
-    # a final state must hold for 2 s.
-    deadline = time.time() + JOB_TIMEOUT
-    final = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
-    seen, final_since, held_since = [], None, None
-    while True:
-        job = slurm_cluster.show_job(job_id)[0]
-        state = (job["JobState"], job.get("Reason"), job.get("Restarts"))
-        if not seen or seen[-1] != state:
-            seen.append(state)
-        if job["JobState"] in final:
-            final_since = final_since or time.time()
-            if time.time() - final_since >= 2:
-                break
-        else:
-            final_since = None
-        if job["JobState"] == "PENDING" and job.get("Reason") == "BeginTime":
-            held_since = held_since or time.time()
-            if time.time() - held_since >= 3:
-                subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"],
-                               env=slurm_cluster.env(), capture_output=True)
-        assert time.time() < deadline, f"job {job_id}: states {seen}\n" + job_log(log_path)[-4000:]
-        time.sleep(0.3)
+    # requeued: released early, only once a few whole seconds passed since the requeue (see the helper)
+    (job,), seen = cluster.wait_through_requeues(job_id, timeout=timeout)
     log = job_log(log_path)
     assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", (
-        f"states {seen}\n{log[-6000:]}\n{slurm_cluster.log_tails()}")
+        f"states {seen}\n{log[-6000:]}\n{cluster.log_tails()}")
     assert int(job["Restarts"]) == 1, f"states {seen}\n{log[-6000:]}"
-    assert "got SIGUSR1" in log and f"requeueing job {job_id}" in log
+    assert "got SIGUSR1" in log and f"requeueing job {job_id} (restart 1 of at most 50" in log, log[-6000:]
     assert "stop signal received: checkpoint written at step" in log  # the trainer saved on the way out
     # the requeued run resumed from the checkpoint instead of starting over
     assert log.count("no checkpoint in") == 1, log[-6000:]
@@ -201,12 +194,97 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, node, tmp
     resumed_at = int(resumed[0].rsplit(" at step ", 1)[1].split()[0])
     assert 0 < resumed_at < max_steps
     steps = [r["step"] for r in read_jsonl(run / "train_log.jsonl") if r["event"] == "step"]
-    assert steps == list(range(1, max_steps + 1))  # continued after the checkpoint, no step twice
-    assert (run / "metrics.json").is_file() and (run / "export" / "ner_config.json").is_file()
+    assert steps == list(range(1, max_steps + 1)), steps  # continued after the checkpoint, no step twice
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == max_steps and metrics["world_size"] == 2
+    return job, log, run
+
+
+def test_deepspeed_job_preempted_requeues_and_resumes(slurm_cluster, node, tmp_path, tiny_bert_dir,
+                                                      tiny_data_json):
+    """DeepSpeed (ZeRO-1, tiny BERT, 2 CPU workers) stopped and requeued ends like an uninterrupted run."""
+    pytest.importorskip("deepspeed")
+    env = job_env(TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR")
+                  or str(Path.home() / ".cache" / "ner-taggers" / "torch_extensions"))
+    max_steps = 24
+    args = ["--gpus-per-node=0", *cpu_request(node, env), str(TRAIN_SBATCH),
+            "--engine", "deepspeed", "--deepspeed-config", str(REPO_ROOT / "train" / "configs" / "ds_zero1.json"),
+            *tiny_args(tiny_data_json, tiny_bert_dir, "train.epochs=1000", f"train.max_steps={max_steps}",
+                       "train.eval_every=12", "train.checkpoint_every=4", "train.log_every=1")]
+    _, log, run = preempt_and_requeue_training(slurm_cluster, args, tmp_path, env, max_steps, JOB_TIMEOUT + 240)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["engine"] == "deepspeed" and metrics["model_type"] == "bert"
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    assert (ckpt / "deepspeed").is_dir(), sorted(p.name for p in ckpt.iterdir())
+
+
+def test_train_job_stopped_before_its_first_checkpoint_is_not_requeued(slurm_cluster, node, tmp_path,
+                                                                       tiny_bert_dir, tiny_data_json):
+    """Requeued only while training progresses: a run that wrote no checkpoint before the warning signal
+    (start-up longer than the time limit allows) would do the same after a requeue, so it is not requeued."""
+    env = job_env()
+    args = ["--gpus-per-node=0", *cpu_request(node, env), str(TRAIN_SBATCH),
+            *tiny_args(tiny_data_json, tiny_bert_dir, *BILSTM, "train.epochs=1000", "train.max_steps=80")]
+    job_id = slurm_cluster.sbatch(args, cwd=tmp_path, env=env)
+    log_path = tmp_path / f"ner-train-{job_id}.out"
+    deadline = time.time() + JOB_TIMEOUT
+    while "trainer args:" not in job_log(log_path):  # signal while the trainer is being started
+        assert slurm_cluster.show_job(job_id)[0]["JobState"] in ("PENDING", "RUNNING"), job_log(log_path)[-4000:]
+        assert time.time() < deadline, job_log(log_path)[-4000:]
+        time.sleep(0.1)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", str(job_id)], check=True, env=slurm_cluster.env())
+    (job,), seen = slurm_cluster.wait_through_requeues(job_id, timeout=JOB_TIMEOUT)
+    log = job_log(log_path)
+    assert job["JobState"] == "FAILED" and job["ExitCode"] == "3:0", (seen, log[-4000:])
+    assert int(job["Restarts"]) == 0 and f"requeueing job {job_id}" not in log, (seen, log[-4000:])
+    assert "not requeueing: no checkpoint past step 0" in log, log[-4000:]
+    assert not (tmp_path / "runs" / f"ner-train-{job_id}" / "metrics.json").exists()
+
+
+CRASH_RANK = """\
+# written by tests/test_slurm.py: the worker with RANK=$NER_TEST_CRASH_RANK dies (os._exit, like a segfault
+# or an OOM kill) as soon as the file $NER_TEST_CRASH_WHEN exists
+import os
+
+if os.environ.get("NER_TEST_CRASH_RANK") and os.environ.get("RANK") == os.environ["NER_TEST_CRASH_RANK"]:
+    import threading
+    import time
+
+    def _crash():
+        while not os.path.exists(os.environ["NER_TEST_CRASH_WHEN"]):
+            time.sleep(0.05)
+        os._exit(9)
+
+    threading.Thread(target=_crash, daemon=True).start()
+"""
+
+
+def test_rank_that_dies_ends_the_job_failed_without_requeue(slurm_cluster, node, tmp_path, tiny_bert_dir,
+                                                            tiny_data_json):
+    """What a user sees when a rank dies: the job ends FAILED at once (torchrun stops the other workers),
+    the log names the rank and its exit code, and the job is not requeued."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CRASH_RANK)
+    run_name = "crash-run"
+    env = job_env(NER_TEST_CRASH_RANK="1", RUN_NAME=run_name,
+                  NER_TEST_CRASH_WHEN=str(tmp_path / "runs" / run_name / "checkpoints" / "latest"))
+    env["PYTHONPATH"] = str(site) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    args = ["--gpus-per-node=0", *cpu_request(node, env), str(TRAIN_SBATCH),
+            *tiny_args(tiny_data_json, tiny_bert_dir, *BILSTM, "train.epochs=1000", "train.max_steps=400",
+                       "train.checkpoint_every=5", "train.log_every=1")]
+    job_id = slurm_cluster.sbatch(args, cwd=tmp_path, env=env)
+    (job,) = slurm_cluster.wait(job_id, timeout=JOB_TIMEOUT)
+    log = job_log(tmp_path / f"ner-train-{job_id}.out")
+    assert job["JobState"] == "FAILED" and job["ExitCode"] == "1:0", log[-6000:]
+    assert int(job["Restarts"]) == 0 and "requeueing" not in log, log[-6000:]
+    assert "ChildFailedError" in log and "exitcode  : 9" in log and "rank      : 1" in log, log[-6000:]
+    steps = [r["step"] for r in read_jsonl(tmp_path / "runs" / run_name / "train_log.jsonl") if r["event"] == "step"]
+    assert 0 < max(steps) < 400  # it had trained, and stopped long before the end
 
 
 # ---------------------------------------------------------------- (c) tagging array
-def write_parquet_inputs(folder: Path) -> list[str]:
+def write_parquet_inputs(folder: Path, rows=(7, 9, 5), row_group_size: int = 3) -> list[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -214,10 +292,10 @@ def write_parquet_inputs(folder: Path) -> list[str]:
              "Japan began the defence of their title .", "Nadim Ladki said nothing in New York .", "Reuters"]
     folder.mkdir()
     ids = []
-    for f, n in enumerate((7, 9, 5)):
-        rows = [{"id": f"f{f}-{i}", "text": f"{texts[(f + i) % len(texts)]} {i}"} for i in range(n)]
-        pq.write_table(pa.Table.from_pylist(rows), folder / f"docs-{f}.parquet", row_group_size=3)
-        ids += [r["id"] for r in rows]
+    for f, n in enumerate(rows):
+        table = [{"id": f"f{f}-{i}", "text": f"{texts[(f + i) % len(texts)]} {i}"} for i in range(n)]
+        pq.write_table(pa.Table.from_pylist(table), folder / f"docs-{f}.parquet", row_group_size=row_group_size)
+        ids += [r["id"] for r in table]
     return ids
 
 
@@ -256,3 +334,153 @@ def test_tag_array_covers_every_row_once(slurm_cluster, train_job, tmp_path):
     assert all(t["JobState"] == "COMPLETED" for t in tasks), [
         job_log(tmp_path / f"ner-tag-{again}_{t}.out") for t in (0, 1)]
     assert {p: p.stat().st_mtime_ns for p in sorted(out.glob("part-*.parquet"))} == mtimes
+
+
+SLOW_WRITES = """\
+# written by tests/test_slurm.py: every Parquet write sleeps NER_TEST_SLOW_WRITE_S seconds, so that a tagging
+# task is still busy when the test preempts it (the tiny model tags these inputs in well under a second)
+import os
+
+if os.environ.get("NER_TEST_SLOW_WRITE_S"):
+    import time
+
+    import pyarrow.parquet as _pq
+
+    _write_table = _pq.ParquetWriter.write_table
+
+    def _slow_write_table(self, *args, **kwargs):
+        time.sleep(float(os.environ["NER_TEST_SLOW_WRITE_S"]))
+        return _write_table(self, *args, **kwargs)
+
+    _pq.ParquetWriter.write_table = _slow_write_table
+"""
+
+
+def slow_writes_env(folder: Path, seconds: float, **extra) -> dict:
+    """job_env() whose Python processes write Parquet slowly (a sitecustomize on PYTHONPATH)."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(SLOW_WRITES)
+    env = job_env(NER_TEST_SLOW_WRITE_S=str(seconds), **extra)
+    env["PYTHONPATH"] = str(folder) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def tag_args(export: Path, inputs: Path, out: Path, array: str, rows_per_part: int = 3) -> list[str]:
+    return [f"--array={array}", "--cpus-per-task=1", str(TAG_SBATCH), "--model", str(export),
+            "--input", str(inputs / "*.parquet"), "--output", str(out), "--id-column", "id",
+            "--rows-per-part", str(rows_per_part)]
+
+
+def manifest_entries(out: Path) -> int:
+    return len(list((out / "_manifest").glob("part-*.json")))
+
+
+def wait_until(cond, what: str, cluster: Cluster, job_id: int, logs, timeout: float = JOB_TIMEOUT) -> None:
+    deadline = time.time() + timeout
+    while not cond():
+        jobs = cluster.show_job(job_id)
+        assert all(j["JobState"] in ("PENDING", "RUNNING") for j in jobs), (jobs, logs())
+        assert time.time() < deadline, f"{what} did not happen\n{logs()}"
+        time.sleep(0.1)
+
+
+def test_tag_task_preempted_requeues_and_every_row_comes_out_once(slurm_cluster, train_job, tmp_path):
+    """Array task 0 is preempted once parts are being written: it requeues itself (the manifest grew),
+    resumes, and the output holds every input row exactly once."""
+    import pyarrow.parquet as pq
+
+    job, work = train_job
+    export = work / "runs" / f"ner-train-{job['JobId']}" / "export"
+    ids = write_parquet_inputs(tmp_path / "in", rows=(12, 12, 12), row_group_size=2)  # 18 parts of 2 rows
+    out = tmp_path / "tagged"
+    env = slow_writes_env(tmp_path / "slow", 0.5)
+    array_id = slurm_cluster.sbatch(tag_args(export, tmp_path / "in", out, "0-1", rows_per_part=2),
+                                    cwd=tmp_path, env=env)
+    logs = lambda: {t: job_log(tmp_path / f"ner-tag-{array_id}_{t}.out")[-3000:] for t in (0, 1)}  # noqa: E731
+
+    wait_until(lambda: manifest_entries(out) >= 2, "two finished parts", slurm_cluster, array_id, logs)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", f"{array_id}_0"], check=True, env=slurm_cluster.env())
+    tasks, seen = slurm_cluster.wait_through_requeues(array_id, timeout=JOB_TIMEOUT)
+
+    by_task = {int(t["ArrayTaskId"]): t for t in tasks}
+    assert sorted(by_task) == [0, 1], tasks
+    assert all(t["JobState"] == "COMPLETED" and t["ExitCode"] == "0:0" for t in tasks), (seen, logs())
+    assert int(by_task[0]["Restarts"]) == 1 and int(by_task[1]["Restarts"]) == 0, (seen, logs())
+    log0 = job_log(tmp_path / f"ner-tag-{array_id}_0.out")
+    assert "got SIGUSR1" in log0 and f"requeueing {array_id}_0 (restart 1 of at most 10" in log0, log0[-4000:]
+    assert log0.count("shard 0/2 procs=") == 2, log0[-4000:]  # started twice
+
+    tagged = collections.Counter()
+    parts = sorted(out.glob("part-*.parquet"))
+    for part in parts:
+        tagged.update(pq.read_table(part).column("id").to_pylist())
+    assert sorted(tagged) == sorted(ids) and set(tagged.values()) == {1}, tagged
+    assert len(parts) == manifest_entries(out) == 18
+
+
+@pytest.mark.parametrize("case", ["no_progress", "cap"])
+def test_tag_task_is_not_requeued_without_progress_or_past_the_cap(slurm_cluster, train_job, tmp_path, case):
+    """no_progress: preempted before it finished any part, the task is not requeued (a part that does not
+    fit in the time limit would loop forever). cap: NER_MAX_REQUEUES=0 allows no requeue at all.
+    Either way the task ends FAILED (exit code 3) with a message saying why."""
+    job, work = train_job
+    export = work / "runs" / f"ner-train-{job['JobId']}" / "export"
+    write_parquet_inputs(tmp_path / "in")
+    out = tmp_path / "tagged"
+    extra = {"NER_MAX_REQUEUES": "0"} if case == "cap" else {}
+    env = slow_writes_env(tmp_path / "slow", 2.0 if case == "no_progress" else 0.5, **extra)
+    array_id = slurm_cluster.sbatch(tag_args(export, tmp_path / "in", out, "0", rows_per_part=3),
+                                    cwd=tmp_path, env=env)
+    log_path = tmp_path / f"ner-tag-{array_id}_0.out"
+    logs = lambda: job_log(log_path)[-4000:]  # noqa: E731
+    if case == "no_progress":  # signal as soon as the script has started the tagger: no part can be done yet
+        wait_until(lambda: "tagger args:" in job_log(log_path), "the start", slurm_cluster, array_id, logs)
+        assert manifest_entries(out) == 0
+    else:
+        wait_until(lambda: manifest_entries(out) >= 1, "a finished part", slurm_cluster, array_id, logs)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", f"{array_id}_0"], check=True, env=slurm_cluster.env())
+    (task,), seen = slurm_cluster.wait_through_requeues(array_id, timeout=JOB_TIMEOUT)
+
+    log = job_log(log_path)
+    assert task["JobState"] == "FAILED" and task["ExitCode"] == "3:0", (seen, log[-4000:])
+    assert int(task["Restarts"]) == 0 and f"requeueing {array_id}_0 (restart" not in log, (seen, log[-4000:])
+    if case == "no_progress":
+        assert "not requeueing" in log and "no part was finished since the task started" in log, log[-4000:]
+    else:
+        assert "not requeueing" in log and "already requeued 0 times (NER_MAX_REQUEUES=0)" in log, log[-4000:]
+
+
+# ---------------------------------------------------------------- script settings (no cluster needed)
+def _sbatch_lead(script: Path) -> int:
+    (line,) = [ln for ln in script.read_text().splitlines() if ln.startswith("#SBATCH --signal=")]
+    return int(line.rsplit("@", 1)[1])
+
+
+def _default(script: Path, name: str) -> int:
+    import re
+
+    (value,) = re.findall(r'\$\{' + name + r':-(\d+)\}', script.read_text())[:1]
+    return int(value)
+
+
+def test_stop_budget_fits_in_the_signal_lead():
+    """Everything between the warning signal and the requeue must fit in the --signal lead, or a slow stop
+    ends in TIMEOUT instead of a requeue (the arithmetic is in the scripts' headers)."""
+    env_sh = REPO_ROOT / "slurm" / "env.sh"
+    lead = _sbatch_lead(TRAIN_SBATCH)
+    shutdown = _default(env_sh, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT")
+    grace = _default(TRAIN_SBATCH, "NODE_EXIT_GRACE")
+    assert lead == _default(TRAIN_SBATCH, "NER_SIGNAL_LEAD")
+    assert shutdown + grace + 60 <= lead, (shutdown, grace, lead)
+    tag_lead = _sbatch_lead(TAG_SBATCH)
+    assert _default(TAG_SBATCH, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT") + 20 <= tag_lead
+
+
+def test_rendezvous_port_stays_below_the_ephemeral_range():
+    script = ('source slurm/env.sh; for id in 0 1 999 1000 11999 12000 32767 65535 123456789 4294967295; do '
+              'SLURM_JOB_ID=$id ner_port; done')
+    res = subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+                         env=job_env())
+    ports = [int(p) for p in res.stdout.split()]
+    assert len(ports) == 10 and all(1024 <= p < 32768 for p in ports), ports
+    assert len(set(ports[:4])) == 4  # neighbouring job ids get different ports
