@@ -57,7 +57,8 @@ def main(argv=None) -> None:
     from transformers import AutoTokenizer
 
     from common.batching import TokenBudgetBatchSampler, padding_efficiency, token_budget_batches
-    from common.data import label_list, load_folds
+    from common.data import load_folds
+    from common.labels import label_list
     from common.encoding import PieceWindower
 
     model = args.model

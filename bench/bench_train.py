@@ -37,7 +37,8 @@ def hf_baseline(data_path: str, encoder: str, out: str, threads: int) -> dict:
     from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
                               Trainer, TrainingArguments)
 
-    from common.data import label_list, load_folds
+    from common.data import load_folds
+    from common.labels import label_list
     from common.metrics import score_words
 
     torch.set_num_threads(threads)

@@ -76,6 +76,16 @@ def split_tag(tag: str) -> tuple[str, str | None]:
     return prefix, etype
 
 
+def tag_type(tag) -> str | None:
+    """The entity type of a tag; ``None`` for ``O`` and for anything that is not a tag."""
+    if not isinstance(tag, str):
+        return None
+    try:
+        return split_tag(tag)[1]
+    except ValueError:
+        return None
+
+
 def detect_scheme(tag_sequences: Iterable[Sequence[str]]) -> str:
     """Guess the tagging scheme of a fold.
 
@@ -176,7 +186,7 @@ def _normalise_fold(sentences: list[Sentence], path: str, fold: str, scheme: str
     allowed_types = None
     if labels is not None:
         for label in labels:
-            if _entity_type(label) is None and label != OUTSIDE:
+            if tag_type(label) is None and label != OUTSIDE:
                 raise DataError(f"{path}: the given label set {list(labels)} has {label!r}, which is not "
                                 "a tag (O or B-/I-/E-/S- followed by a type)")
         allowed_types = {split_tag(t)[1] for t in labels} - {None}
@@ -332,87 +342,6 @@ def load_folds(path: str, folds: Sequence[str] = FOLDS, scheme: str = "auto",
         raise DataError(f"{path}: fold {empty[0]!r} has no sentences" if len(empty) == 1 else
                         f"{path}: folds {', '.join(map(repr, empty))} have no sentences")
     return out
-
-
-def label_list(sentences: Iterable[Sentence]) -> list[str]:
-    """The IOB2 label set of the data in a stable order: ``O`` then B-/I- per type, types sorted."""
-    types = set()
-    for s in sentences:
-        for tag in s.tags or ():
-            etype = split_tag(tag)[1]
-            if etype is not None:
-                types.add(etype)
-    return labels_for_types(sorted(types))
-
-
-def labels_for_types(types: Sequence[str]) -> list[str]:
-    labels = [OUTSIDE]
-    for t in types:
-        labels += [f"B-{t}", f"I-{t}"]
-    return labels
-
-
-def _entity_type(tag) -> str | None:
-    """The entity type of a tag; ``None`` for ``O`` and for anything that is not a tag."""
-    if not isinstance(tag, str):
-        return None
-    try:
-        return split_tag(tag)[1]
-    except ValueError:
-        return None
-
-
-def _preview(tokens: Sequence[str], n: int = 6) -> str:
-    words = " ".join(tokens[:n])
-    return repr(words + " ..." if len(tokens) > n else words)
-
-
-def check_fold_labels(folds: dict[str, list[Sentence]], labels: Sequence[str], path: str) -> None:
-    """Refuse folds that use a tag outside ``labels``, the model's IOB2 tag set.
-
-    Folds are checked in order; the :class:`DataError` names ``path``, the first offending fold and
-    sentence (its index and first words), the tag and its token.  When ``labels`` is the tag set of
-    the train fold (``label_list(folds["train"])``, what the trainer uses without ``data.labels``),
-    the message suggests ``data.labels=[...]`` listing the tags of ``labels`` and all folds.
-
-    Entity types that differ only in case (``LOC`` and ``loc``, in the folds or ``labels``) are
-    separate types to the model: one warning names them all, before any error.
-    """
-    known = set(labels)
-    types = {t for t in map(_entity_type, labels) if t is not None}
-    for sentences in folds.values():
-        for s in sentences:
-            for tag in s.tags or ():
-                if tag not in known:
-                    etype = _entity_type(tag)
-                    if etype is not None:
-                        types.add(etype)
-    by_case: dict[str, list[str]] = {}
-    for t in sorted(types):
-        by_case.setdefault(t.casefold(), []).append(t)
-    clashes = [group for group in by_case.values() if len(group) > 1]
-    if clashes:
-        log.warning("%s: entity types that differ only in case: %s; they are different types to the "
-                    "model (rename one if they mean the same)", path,
-                    "; ".join(" and ".join(map(repr, group)) for group in clashes))
-    known_types = {t for t in map(_entity_type, labels) if t is not None}
-    for fold, sentences in folds.items():
-        for s in sentences:
-            for i, tag in enumerate(s.tags or ()):
-                if tag in known:
-                    continue
-                where = f"{path}: fold {fold!r}, sentence {s.index} ({_preview(s.tokens)})"
-                problem = f"tag {tag!r} at token {i} ({s.tokens[i]!r})"
-                etype = _entity_type(tag)
-                same = sorted(k for k in known_types if etype is not None and k != etype
-                              and k.casefold() == etype.casefold())
-                hint = f" (the label set has type {same[0]!r}, which differs only in case)" if same else ""
-                if "train" in folds and list(labels) == label_list(folds["train"]):
-                    union = json.dumps(labels_for_types(sorted(types)), separators=(",", ":"))
-                    raise DataError(f"{where}: {problem} never occurs in fold 'train', which gives the "
-                                    f"label set{hint}; to train with the tags of all folds, set "
-                                    f"data.labels={union}")
-                raise DataError(f"{where}: {problem} is not in the label set {list(labels)}{hint}")
 
 
 def assign_documents(sentences: list[Sentence]) -> list[Sentence]:

@@ -150,7 +150,7 @@ def conll_folds(conll_json_path):
 @pytest.fixture(scope="session")
 def conll_train_piece_lengths(conll_folds, tokenizer) -> list[int]:
     """Window lengths (word pieces incl. [CLS]/[SEP], max_length 512) of the CoNLL train windows."""
-    from common.data import label_list
+    from common.labels import label_list
     from common.encoding import PieceWindower
 
     enc = PieceWindower(tokenizer, label_list(conll_folds["train"]), max_length=512)

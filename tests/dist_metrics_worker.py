@@ -23,7 +23,8 @@ MAX_TOKENS = 160
 
 def make_windows(tokenizer_dir: str, data_json: str):
     """``(labels, windows, sentence_lengths, pad_id)`` for the first :data:`N_SENTENCES` validation sentences."""
-    from common.data import label_list, load_folds
+    from common.data import load_folds
+    from common.labels import label_list
     from common.encoding import PieceWindower
     from taggers.export import load_tokenizer
 

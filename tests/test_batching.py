@@ -170,7 +170,8 @@ def test_collate_windows():
 
 
 def test_collate_real_windows(tokenizer):
-    from common.data import Sentence, labels_for_types
+    from common.data import Sentence
+    from common.labels import labels_for_types
     from common.encoding import PieceWindower
 
     enc = PieceWindower(tokenizer, labels_for_types(["PER"]), max_length=16)

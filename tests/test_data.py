@@ -12,10 +12,7 @@ from common.data import (
     SCHEMES,
     Sentence,
     assign_documents,
-    check_fold_labels,
     detect_scheme,
-    label_list,
-    labels_for_types,
     load_folds,
     normalise_scheme,
     read_conll,
@@ -23,6 +20,7 @@ from common.data import (
     split_tag,
     to_iob2,
 )
+from common.labels import check_fold_labels, label_list, labels_for_types
 from common.spans import tags_to_spans
 
 

@@ -7,7 +7,8 @@ from typing import Sequence
 
 import pytest
 
-from common.data import Sentence, label_list, labels_for_types
+from common.data import Sentence
+from common.labels import label_list, labels_for_types
 from common.encoding import (
     CASE_DIGITS,
     CASE_LOWER,

@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 
-from common.data import DataError, label_list, load_folds
+from common.data import DataError, load_folds
+from common.labels import label_list
 from common.distributed import resolve_device
 from common.metrics import score_words
 from taggers.export import ExportError, check_labels, load_tagger

@@ -23,7 +23,8 @@ import torch
 
 from common import distributed
 from common.batching import TokenBudgetBatchSampler, collate_windows
-from common.data import DataError, Sentence, assign_documents, check_fold_labels, label_list, load_folds
+from common.data import DataError, Sentence, assign_documents, load_folds
+from common.labels import check_fold_labels, label_list
 from common.metrics import score_words
 from common.rundir import RunFolder
 from taggers.export import load_tagger, load_tokenizer, make_windower, save_export
