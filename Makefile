@@ -1,6 +1,8 @@
 # Two commands on a fresh machine (only Python 3.10+ needed):
 #   make main DATA=path/to/conll03.json   set up, train both taggers, write the report, tag a corpus
 #   make test                             set up, run the test suite
+#   make gpu-check                        on a GPU machine: gpu tests, bf16 training, tagging benchmark
+#                                         -> bench/results_gpu.md (without a GPU: says so, exits 0)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +11,7 @@ CORPUS ?= ../shared/corpus/news_sentences.parquet
 OUT ?= runs
 PYTEST_ARGS ?=
 
-.PHONY: setup main test clean
+.PHONY: setup main test gpu-check clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +30,10 @@ main: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+GPU_CHECK_ARGS ?=
+gpu-check: setup
+	$(PY) bench/gpu_check.py --data "$(DATA)" $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

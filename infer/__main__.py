@@ -46,7 +46,8 @@ def _at_least(low: int, what: str = ""):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="ner-tag", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="export folder written by ner-train (RUN/export)")
+    p.add_argument("--model", required=True, help="export folder written by ner-train (RUN/export), or a Hugging Face token-classification "
+                        "model folder or hub id (IOB/IOB2/BIOES id2label)")
     p.add_argument("--input", required=True, nargs="+", metavar="PATH",
                    help="Parquet file(s), glob(s) or folder(s) (hive partitions become columns)")
     p.add_argument("--output", required=True, help="output folder (created; resumed when it exists)")
@@ -117,7 +118,14 @@ def main(argv=None) -> int:
     except RuntimeError as e:
         if "CUDA" not in str(e):
             raise
-        print(f"ner-tag: error: {e}", file=sys.stderr)
+        import torch
+
+        message = " ".join(str(e).split())  # CUDA errors span several lines
+        if isinstance(e, torch.OutOfMemoryError):
+            message = (f"the GPU ran out of memory with --batch-tokens {args.batch_tokens or 'default'}: rerun with "
+                       "a smaller --batch-tokens (e.g. half, at least the model's window); finished parts are kept "
+                       f"and the re-run resumes ({message.split('. ')[0]})")
+        print(f"ner-tag: error: {message}", file=sys.stderr)
         return 2
     if rank == 0:
         print(format_summary(summary))

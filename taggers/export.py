@@ -5,6 +5,11 @@ optimisers.  Each tagger writes and reads its own weights
 (:meth:`taggers.models.TaggerBase.save` / ``load``); this module adds the
 tokenizer and the config that names the tagger, and swaps the folder in
 atomically.  :func:`load_tagger` rebuilds either tagger from it.
+
+A plain Hugging Face token-classification model (a folder without
+``ner_config.json``, or an ``org/name`` hub id) is read too: see
+:mod:`taggers.hf` (:func:`read_export_config` synthesises its config,
+:func:`load_tagger` returns :class:`taggers.hf.HFTokenClassifier`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from common.io import atomic_write
 from .config import ModelConfig
 from common.data import split_tag
 
+from . import hf
 from .models import TAGGERS, WEIGHTS, ExportError, TaggerBase, quiet_transformers
 
 FORMAT_VERSION = 1
@@ -108,12 +114,22 @@ def save_export(model: TaggerBase, mcfg: ModelConfig, tokenizer, out_dir: str, e
 
 
 def read_export_config(path: str) -> dict:
-    """``ner_config.json`` of an export, checked: format, model type, labels."""
+    """``ner_config.json`` of an export, checked: format, model type, labels.
+
+    A Hugging Face token-classification model (folder with ``config.json`` but no ``ner_config.json``, or an
+    ``org/name`` hub id) gets a synthesised config (``model_type`` ``"hf-token-classification"``, ``labels``
+    from its ``id2label``, ``hf_compatible: true``; see :func:`taggers.hf.read_hf_config`).
+    """
     meta_path = os.path.join(path, NER_CONFIG)
     if not os.path.isdir(path):
+        if hf.is_hub_id(path):
+            return hf.read_hf_config(path)
         raise ExportError(f"{path}: export folder not found")
     if not os.path.exists(meta_path):
-        raise ExportError(f"{path}: not a ner-taggers export (no {NER_CONFIG})")
+        if os.path.exists(os.path.join(path, "config.json")):
+            return hf.read_hf_config(path)
+        raise ExportError(f"{path}: not a ner-taggers export (no {NER_CONFIG}) nor a Hugging Face model "
+                          "folder (no config.json)")
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
@@ -156,10 +172,14 @@ def _tokenizer_mismatch(path: str, size: int, expected: int) -> ExportError:
 def load_tagger(path: str, device: str | torch.device = "cpu") -> tuple[TaggerBase, PieceWindower]:
     """Load either tagger's export; returns the model (eval mode, on ``device``) and its windower.
 
+    A Hugging Face token-classification model (see :func:`read_export_config`) comes back as a
+    :class:`taggers.hf.HFTokenClassifier` (same API) with its windower.
     Every problem with the folder is one :class:`ExportError` naming the file and what is wrong.
     """
     quiet_transformers()
     meta = read_export_config(path)
+    if meta["model_type"] == hf.HF_MODEL_TYPE:
+        return hf.load_hf_tagger(path, device, meta)
     _check_weights(path, meta)
     fields = set(ModelConfig.__dataclass_fields__)
     labels = meta["labels"]
