@@ -55,12 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ner-report", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders written by ner-train")
-    p.add_argument("--data", action="append", metavar="[NAME=]PATH",
+    p.add_argument("--data", action="append", metavar="[NAME=]PATH[#FOLD]",
                    help="a labelled data set (JSON or CoNLL folder); repeat for several sets, each scored with "
-                        "every run (NAME defaults to the file or folder name). Its train fold tells seen from "
+                        "every run (NAME defaults to the file or folder name, FOLD to --fold: "
+                        "--data test=D.json --data valid=D.json#valid). Its train fold tells seen from "
                         "unseen entities, and the fold is tagged by the export when a run has no saved "
                         "predictions for the set (default: the data path in the run's config.toml, if any)")
-    p.add_argument("--fold", default="test", help="fold to report on, in every set (default: test)")
+    p.add_argument("--fold", default="test", help="fold to report on, in every set without #FOLD (default: test)")
     p.add_argument("--out", required=True, help="report folder to write")
     p.add_argument("--names", help="comma-separated display names, one per run (or per --tagged folder; "
                                    "default: folder names)")

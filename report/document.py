@@ -19,7 +19,9 @@ def build_document(results: list[SetResult], args, figures: dict[str, str]) -> D
     first = results[0]
     multi = len(results) > 1
     ctx = Context(first.an, {r.name: r for r in first.runs}, args, figures, set_name=first.name if multi else None)
-    doc = Document(f"NER evaluation report: fold `{args.fold}`")
+    folds = sorted({r.set.fold for r in results})
+    doc = Document(f"NER evaluation report: fold `{folds[0]}`" if len(folds) == 1 else
+                   f"NER evaluation report: folds {', '.join(f'`{f}`' for f in folds)}")
     _introduction(doc, ctx, results)
     sections = [partial(cross_set, results=results)] if multi else []
     sections += [_headline, _per_type, partial_match, _learning_curves, _entity_errors]
@@ -50,8 +52,8 @@ def _introduction(doc: Document, ctx: Context, results: list[SetResult]) -> None
         doc.para(f"Generated {ctx.an['generated']} by `ner-report`. Models: "
                  + ", ".join(f"**{md_escape(n)}** (`{run.path}`, {m['model_type'] or 'unknown type'})"
                              for n, (run, m) in runs.items())
-                 + f". Evaluation sets (fold `{ctx.args.fold}` of each): "
-                 + ", ".join(f"**{md_escape(r.name)}** (`{r.set.path}`)" for r in results)
+                 + ". Evaluation sets: "
+                 + ", ".join(f"**{md_escape(r.name)}** (fold `{r.set.fold}` of `{r.set.path}`)" for r in results)
                  + f". The first set, **{md_escape(results[0].name)}**, is analysed in full in the sections "
                    "that name it; every other set has one section of its own.")
     for n in names:

@@ -90,7 +90,7 @@ def cross_set(doc: Document, number, ctx: Context, results: list[SetResult]) -> 
                 row.append(cell)
         rows.append(row)
     doc.table(["Model"] + [f"{md_escape(r.name)} F1" + (" [95% CI]" if ci else "") for r in results], rows)
-    doc.para(f"Entity F1 (%, seqeval default mode) on fold `{ctx.args.fold}` of each set"
+    doc.para("Entity F1 (%, seqeval default mode) on the scored fold of each set"
              + (f", with its 95% bootstrap interval ({ctx.resamples:,} resamples of the set's sentences)" if ci
                 else "")
              + ". A model's saved predictions count for the set it was trained on; on the other sets its export "

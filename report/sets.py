@@ -1,7 +1,8 @@
 """The evaluation sets of a report (``--data``, repeatable) and the scoring of every run on each of them.
 
-``--data [NAME=]PATH`` names a labelled data set (JSON or CoNLL folder); NAME defaults to the file or
-folder name.  ``--fold`` is the fold scored in every set.  Without ``--data`` the one set is the data path
+``--data [NAME=]PATH[#FOLD]`` names a labelled data set (JSON or CoNLL folder); NAME defaults to the file or
+folder name, FOLD to ``--fold`` (so ``--data test=DATA.json --data valid=DATA.json#valid`` scores two folds of
+one file).  Without ``--data`` the one set is the data path
 recorded in the first run's config (or none: saved predictions are scored as they are).
 
 Which predictions are scored on a set:
@@ -42,6 +43,7 @@ class EvalSet:
     sentences: list[Sentence] | None      # the scored fold
     seen: set | None = None               # entities of the train fold (seen/unseen breakdown)
     types: list[str] | None = None        # entity types annotated in the loaded folds
+    fold: str = "test"                    # the fold of the set that is scored
 
 
 @dataclass
@@ -63,12 +65,23 @@ class SetResult:
 # --- the sets ------------------------------------------------------------------------------------------
 
 def parse_data_spec(value: str) -> tuple[str | None, str]:
-    """``"NAME=PATH"`` -> ``(NAME, PATH)``; a plain path (also one that exists and holds ``=``) -> ``(None, PATH)``."""
+    """``"NAME=PATH"`` -> ``(NAME, PATH)``; a plain path (also one that exists and holds ``=``) -> ``(None, PATH)``.
+
+    PATH may end in ``#FOLD`` (see :func:`split_fold`)."""
     if "=" in value and not os.path.exists(value):
         name, path = value.split("=", 1)
         if name and path and "/" not in name and os.sep not in name:
             return name, path
     return None, value
+
+
+def split_fold(path: str, default: str) -> tuple[str, str]:
+    """``"DATA.json#valid"`` -> ``("DATA.json", "valid")``; a path without ``#FOLD`` (or one that exists) keeps
+    ``default``."""
+    base, sep, fold = path.rpartition("#")
+    if sep and base and fold and not os.path.exists(path):
+        return base, fold
+    return path, default
 
 
 def set_names(specs: Sequence[tuple[str | None, str]]) -> list[str]:
@@ -89,8 +102,10 @@ def set_names(specs: Sequence[tuple[str | None, str]]) -> list[str]:
     return names
 
 
-def load_set(name: str, path: str, fold: str) -> EvalSet:
-    """Load ``fold`` (and the train fold when there is one) of a labelled data set."""
+def load_set(name: str, spec: str, default_fold: str) -> EvalSet:
+    """Load the fold (``#FOLD`` of ``spec``, else ``default_fold``) and the train fold, when there is one, of a
+    labelled data set."""
+    path, fold = split_fold(spec, default_fold)
     wanted = tuple(dict.fromkeys(["train", fold]))
     try:
         folds = load_folds(path, wanted)
@@ -99,7 +114,7 @@ def load_set(name: str, path: str, fold: str) -> EvalSet:
         log.warning("%s: no train fold; seen/unseen breakdown skipped", path)
     seen = training_entities((s.tokens, s.tags) for s in folds["train"]) if "train" in folds else None
     types = sorted({split_tag(t)[1] for sents in folds.values() for s in sents for t in s.tags if t != "O"})
-    return EvalSet(name, path, folds[fold], seen, types)
+    return EvalSet(name, path, folds[fold], seen, types, fold)
 
 
 def load_sets(data: Sequence[str] | None, runs: Sequence[str], fold: str) -> list[EvalSet]:
@@ -107,7 +122,7 @@ def load_sets(data: Sequence[str] | None, runs: Sequence[str], fold: str) -> lis
     if not data:
         path = data_path_of_runs(runs)
         if not path:
-            return [EvalSet("saved predictions", None, None)]
+            return [EvalSet("saved predictions", None, None, fold=fold)]
         data = [path]
     specs = [parse_data_spec(v) for v in data]
     return [load_set(name, path, fold) for name, (_, path) in zip(set_names(specs), specs)]
@@ -190,14 +205,14 @@ def score_set(s: EvalSet, index: int, runs: Sequence[tuple[str, str, int]], args
     loaded, not_scored, tagged_types = [], {}, {}
     for path, name, home in runs:
         if home == index:   # as a one-set report always did: saved predictions, else the export
-            run = load_run(path, name, args.fold, s.sentences, args)
+            run = load_run(path, name, s.fold, s.sentences, args)
             check_against_data(run, s.sentences)
         elif not RunFolder(path).has_export():
             not_scored[name] = "its saved predictions are of another set and it has no export to tag this one"
             continue
         else:
             try:
-                run = load_run(path, name, args.fold, s.sentences, args, saved=False)
+                run = load_run(path, name, s.fold, s.sentences, args, saved=False)
             except ReportError as e:
                 not_scored[name] = str(e)
                 log.warning("%s not scored on set %s: %s", name, s.name, e)
@@ -237,6 +252,7 @@ def set_summary(r: SetResult) -> dict:
     first = r.an["models"][r.runs[0].name] if r.an else None
     return {
         "path": r.set.path,
+        "fold": r.set.fold,
         "sentences": first["sentences"] if first else len(r.set.sentences or []),
         "words": first["words"] if first else None,
         "gold_entities": first["errors"]["num_gold"] if first else None,

@@ -217,6 +217,8 @@ def test_clear_difference_is_more_than_noise(tmp_path, fake_exports, monkeypatch
 def test_set_specs_names_and_shared_types(tmp_path):
     assert report_sets.parse_data_spec("wnut=data/wnut.json") == ("wnut", "data/wnut.json")
     assert report_sets.parse_data_spec("data/wnut.json") == (None, "data/wnut.json")
+    assert report_sets.split_fold("data/wnut.json#valid", "test") == ("data/wnut.json", "valid")
+    assert report_sets.split_fold("data/wnut.json", "test") == ("data/wnut.json", "test")
     odd = tmp_path / "a=b.json"
     odd.write_text("{}")
     assert report_sets.parse_data_spec(str(odd)) == (None, str(odd))      # an existing path wins
@@ -304,6 +306,17 @@ def test_conll_folder_set_and_single_fold(two_sets, tmp_path):
     assert "seen_in_train" not in cn["models"]["alpha"]["breakdowns"]
     gold, pred = gold_pred(SET_B_TEST, "beta", ["LOC", "ORG", "PER"])
     assert cn["models"]["beta"]["scores"]["f1"] == pytest.approx(entity_scores(gold, pred)["f1"])
+
+
+def test_two_folds_of_one_file(two_sets, tmp_path):
+    """``PATH#FOLD`` scores another fold of the same file as a set of its own."""
+    runs, a, _ = two_sets
+    rep, md = run_report(runs + ["--data", f"test={a}", "--data", f"valid={a}#valid"], tmp_path / "r")
+    assert rep["sets"]["test"]["fold"] == "test" and rep["sets"]["valid"]["fold"] == "valid"
+    assert rep["sets"]["valid"]["sentences"] == 1  # write_set puts the first test sentence in valid
+    gold, pred = gold_pred(SET_A_TEST[:1], "beta")
+    assert rep["sets"]["valid"]["models"]["beta"]["scores"]["f1"] == pytest.approx(entity_scores(gold, pred)["f1"])
+    assert "folds `test`, `valid`" in md.splitlines()[0]
 
 
 # --- 4. two ner-tag outputs of one unlabelled input ----------------------------------------------------------
