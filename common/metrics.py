@@ -52,3 +52,18 @@ def score_words(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) ->
     total = sum(len(g) for g in gold)
     scores["word_accuracy"] = correct / total if total else 0.0
     return scores
+
+
+def span_agreement(pred_a: Sequence[Sequence[str]], pred_b: Sequence[Sequence[str]]) -> dict:
+    """How alike two taggings of the same sentences are: the share of entity spans (sentence, boundaries,
+    type) that both predict among those either predicts, and the share of sentences tagged identically."""
+    from .spans import tags_to_spans
+
+    both = either = same_sentences = 0
+    for a, b in zip(pred_a, pred_b, strict=True):
+        spans_a, spans_b = set(tags_to_spans(a)), set(tags_to_spans(b))
+        both += len(spans_a & spans_b)
+        either += len(spans_a | spans_b)
+        same_sentences += list(a) == list(b)
+    return {"identical_spans": both / either if either else 1.0,
+            "identical_sentences": same_sentences / len(pred_a) if len(pred_a) else 1.0}

@@ -37,12 +37,13 @@ from typing import Sequence
 
 from common.data import DataError
 from common.io import atomic_write, write_json
+from common.rundir import RunFolder
 
 from . import errors
 from .analysis import disagreement_hint, improvement_hints
 from .document import build_document
 from .figures import make_figures
-from .runs import ReportError, unique_names
+from .runs import ReportError, precision_check, resolve_device, unique_names
 from .sections_sets import cross_set_scores
 from .sections_stats import partial_match_definition
 from .sets import load_sets, score_sets, set_summary
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tagged", nargs=2, metavar=("OUT_A", "OUT_B"),
                    help="compare two ner-tag output folders of the same input instead of labelled runs")
     p.add_argument("--device", default="cpu", help="device for tagging with exports: cpu, cuda, cuda:1, auto")
+    p.add_argument("--precision-check", action="store_true",
+                   help="also tag the (first set's) fold with each export in fp32 and in bf16 and compare them")
     p.add_argument("--no-speed", action="store_true", help="do not time the exports")
     p.add_argument("--speed-sentences", type=int, default=0,
                    help="time the export on the first N sentences only (default 0: the whole fold)")
@@ -85,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _clean(an: dict) -> dict:
     """A set's numbers for report.json (keys starting with ``_`` are for the document only)."""
     return {"models": an["models"], "types": an["types"], "f1_differences": an["f1_differences"],
+            **({"precision_check": an["precision_check"]} if "precision_check" in an else {}),
             "disagreements": [{k: v for k, v in p.items() if not k.startswith("_")} for p in an["pairs"]]}
 
 
@@ -107,6 +111,11 @@ def generate(args) -> dict:
     results = score_sets(sets, args.runs, names, args)
     first = results[0]
     an, runs = first.an, first.runs
+    if args.precision_check:
+        an["precision_check"] = {
+            run.name: precision_check(RunFolder(run.path).export_dir, first.set.sentences, resolve_device(args.device),
+                                      args.max_tokens)
+            for run in runs if RunFolder(run.path).has_export() and first.set.sentences}
     an["generated"] = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     an["hints"] = improvement_hints(an["models"])
     for p in an["pairs"]:

@@ -9,7 +9,7 @@ from .fmt import Context
 from .render import Document, md_escape
 from .sections import _breakdowns, _disagreements, _entity_errors, _headline, _hints, _learning_curves, _per_type
 from .sections_sets import cross_set, set_section
-from .sections_stats import partial_match
+from .sections_stats import partial_match, precision_check
 from .sets import SetResult
 
 
@@ -24,7 +24,7 @@ def build_document(results: list[SetResult], args, figures: dict[str, str]) -> D
                    f"NER evaluation report: folds {', '.join(f'`{f}`' for f in folds)}")
     _introduction(doc, ctx, results)
     sections = [partial(cross_set, results=results)] if multi else []
-    sections += [_headline, _per_type, partial_match, _learning_curves, _entity_errors]
+    sections += [_headline, _per_type, partial_match, precision_check, _learning_curves, _entity_errors]
     if len(first.runs) > 1:
         sections.append(_disagreements)
     sections.append(_breakdowns)

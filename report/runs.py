@@ -164,6 +164,28 @@ def tag_sentences(model, windower, sentences: Sequence[Sentence], device: str, m
     return tags, secs, runs
 
 
+def precision_check(export_dir: str, sentences: Sequence[Sentence], device: str, max_tokens: int) -> dict:
+    """The export scored in fp32 and in bf16 (weights cast as the batch tagger casts them): F1 of each, and
+    how alike the two taggings are (:func:`common.metrics.span_agreement`)."""
+    import torch
+
+    from common.metrics import score_words, span_agreement
+    from taggers.precision import cast_for_inference
+    from taggers.predict import predict_windows
+
+    out, tags = {}, {}
+    gold = [s.tags for s in sentences]
+    for precision in ("fp32", "bf16"):
+        model, windower = load_export(export_dir, device)  # afresh: casting changes the weights in place
+        cast_for_inference(model, precision)
+        preds = predict_windows(model, windower.windows(list(sentences), with_labels=False),
+                                [len(s) for s in sentences], torch.device(device), precision, max_tokens,
+                                windower.pad_id)
+        tags[precision] = [[model.labels[i] for i in row] for row in preds.label_ids]
+        out[f"{precision}_f1"] = score_words(gold, tags[precision])["f1"]
+    return {**out, **span_agreement(tags["fp32"], tags["bf16"])}
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         import torch

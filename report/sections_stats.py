@@ -111,3 +111,19 @@ def partial_match_definition() -> str:
             "Per type, pairs and missed entities count under the gold type and spurious ones under the "
             "predicted type, so a wrong-type prediction lowers the gold type's precision (per-type strict "
             "precision differs from seqeval's).")
+
+
+def precision_check(doc: Document, number, ctx: Context) -> None:
+    """fp32 against bf16 for each export (``--precision-check``)."""
+    checks = ctx.an.get("precision_check") or {}
+    if not checks:
+        return
+    doc.heading(ctx.level, ctx.title(number, "Precision check (fp32 against bf16)"))
+    rows = [[f"**{md_escape(n)}**", pct(c["fp32_f1"]), pct(c["bf16_f1"]),
+             fmt_points(c["bf16_f1"] - c["fp32_f1"]), pct(c["identical_spans"]),
+             pct(c["identical_sentences"])] for n, c in checks.items()]
+    doc.table(["Model", "fp32 F1", "bf16 F1", "bf16 − fp32 (points)", "identical spans", "identical sentences"], rows)
+    doc.para("Each export tagged the fold twice, with fp32 weights and with bf16 weights (as `ner-tag --precision "
+             "bf16` runs it). Identical spans: entity spans (boundaries and type) that both taggings predict, "
+             "among those either predicts (%). Before a large tagging run, this says whether bf16 changes "
+             "anything.")

@@ -47,3 +47,13 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+def cast_for_inference(model, precision: str):
+    """Eval mode, weights in ``precision`` (the CRF stays fp32: its log-sum-exp needs the range); in place."""
+    model.eval()
+    if precision != "fp32":
+        model.to(DTYPES[precision])
+        if getattr(model, "crf", None) is not None:
+            model.crf.float()
+    return model

@@ -435,3 +435,16 @@ def test_export_scores_fold_when_predictions_are_missing(tiny_exports, tiny_data
     assert export["tagging"]["sentences"] == len(gold) and export["tagging"]["words_per_s"] > 0
     d = rep["disagreements"][0]
     assert d["comparable"] and d["a_only_correct"] == d["b_only_correct"] == 0
+
+
+@pytest.mark.slow
+def test_precision_check(tiny_exports, tiny_data_json, tmp_path):
+    """--precision-check: each export scored with fp32 and bf16 weights; its fp32 F1 is the headline F1."""
+    out = tmp_path / "rep"
+    assert main([str(tiny_exports["bilstm"]), "--data", str(tiny_data_json), "--out", str(out), "--no-speed",
+                 "--precision-check"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    check = rep["precision_check"]["bilstm"]
+    assert check["fp32_f1"] == pytest.approx(rep["models"]["bilstm"]["scores"]["f1"])
+    assert 0 <= check["bf16_f1"] <= 1 and 0 <= check["identical_spans"] <= 1
+    assert "Precision check (fp32 against bf16)" in (out / "report.md").read_text()

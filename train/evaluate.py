@@ -2,6 +2,9 @@
 
 Prints entity P/R/F1 (seqeval default and strict IOB2), per type, and token accuracy as JSON.
 ``--decoding`` overrides the export's decoder (argmax / constrained) to compare them.
+``--precision fp32,bf16`` scores the export in each precision (weights cast as the batch tagger does) and
+adds how alike the taggings are (``agreement``: share of identical entity spans and sentences against the
+first precision), so a user knows before a large tagging run whether bf16 changes anything.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ import sys
 from common.data import DataError, load_folds
 from common.labels import label_list
 from common.distributed import resolve_device
-from common.metrics import score_words
+from common.metrics import score_words, span_agreement
 from taggers.export import ExportError, check_labels, load_tagger
-from taggers.precision import resolve_precision
+from taggers.precision import PRECISIONS, cast_for_inference, resolve_precision
 from taggers.predict import predict_windows
 
 
@@ -25,28 +28,55 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--fold", default="test")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="fp32", type=_precisions,
+                   help="auto, fp32, bf16 or fp16, or several separated by commas to compare them (default fp32)")
     p.add_argument("--max-tokens", type=int, default=16384, help="padded word pieces per batch")
     p.add_argument("--decoding", choices=["export", "argmax", "constrained"], default="export")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     try:
-        model, windower = load_tagger(args.model, device)
         sentences = load_folds(args.data, folds=(args.fold,))[args.fold]
-        check_labels(windower.labels, label_list(sentences), f"{args.data}: fold {args.fold!r}")
+        results, tags = {}, {}
+        for requested in args.precision:
+            precision = resolve_precision(requested, device)
+            model, windower = load_tagger(args.model, device)  # afresh: casting changes the weights in place
+            check_labels(windower.labels, label_list(sentences), f"{args.data}: fold {args.fold!r}")
+            if args.decoding != "export":
+                model.constrained_decoding = args.decoding == "constrained"
+            results[precision], tags[precision] = score(cast_for_inference(model, precision), windower, sentences,
+                                                        device, precision, args.max_tokens)
     except (DataError, ExportError) as e:
         print(f"ner-evaluate: error: {e}", file=sys.stderr)
         return 2
-    if args.decoding != "export":
-        model.constrained_decoding = args.decoding == "constrained"
-    preds = predict_windows(model, windower.windows(sentences), [len(s) for s in sentences], device,
-                            resolve_precision(args.precision, device), args.max_tokens, windower.pad_id)
-    scores = score_words([s.tags for s in sentences], [[windower.labels[i] for i in row] for row in preds.label_ids])
-    scores["token_accuracy"] = preds.token_accuracy
-    scores["num_sentences"] = len(sentences)
-    json.dump(scores, sys.stdout, indent=1)
+    if len(results) == 1:
+        output = next(iter(results.values()))
+    else:
+        first, *others = list(results)
+        output = {**results, "agreement": {f"{first} vs {other}": span_agreement(tags[first], tags[other])
+                                           for other in others}}
+    json.dump(output, sys.stdout, indent=1)
     print()
     return 0
+
+
+def score(model, windower, sentences, device, precision: str, max_tokens: int) -> tuple[dict, list[list[str]]]:
+    """Entity scores of ``model`` on ``sentences`` and its predicted tags."""
+    preds = predict_windows(model, windower.windows(sentences), [len(s) for s in sentences], device, precision,
+                            max_tokens, windower.pad_id)
+    tags = [[windower.labels[i] for i in row] for row in preds.label_ids]
+    scores = score_words([s.tags for s in sentences], tags)
+    scores["token_accuracy"] = preds.token_accuracy
+    scores["num_sentences"] = len(sentences)
+    return scores, tags
+
+
+def _precisions(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in names if v not in PRECISIONS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"expected {', '.join(PRECISIONS)} (or several, comma-separated), "
+                                         f"got {value!r}")
+    return list(dict.fromkeys(names))
 
 
 if __name__ == "__main__":
