@@ -86,7 +86,8 @@ def _pair_outcome(g: Span, p: Span, scheme: str) -> str:
     return "correct" if same_type else "incorrect"
 
 
-def _scores(c: Counter) -> dict:
+def scores_from_counts(c: Counter) -> dict:
+    """Precision, recall and F1 of summed outcome counts (``c[outcome]``), with the counts."""
     cor, inc, par, mis, spu = (c[k] for k in OUTCOMES)
     pos, act = cor + inc + par + mis, cor + inc + par + spu
     hit = cor + 0.5 * par
@@ -134,8 +135,8 @@ def partial_match_span_scores(gold_spans: Sequence[Sequence[Span]],
             for pi in spurious:
                 add(scheme, pred[pi][2], "spurious")
     # every type seen is listed, with zeros when all its predictions were paired under other types
-    return {s: {**_scores(counts[s]),
-                "per_type": {t: _scores(per_type[s].get(t, Counter())) for t in sorted(types)}}
+    return {s: {**scores_from_counts(counts[s]),
+                "per_type": {t: scores_from_counts(per_type[s].get(t, Counter())) for t in sorted(types)}}
             for s in SCHEMES}
 
 

@@ -46,7 +46,8 @@ def _at_least(low: int, what: str = ""):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="ner-tag", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="export folder written by ner-train (RUN/export), or a Hugging Face token-classification "
+    p.add_argument("--model", required=True,
+                   help="export folder written by ner-train (RUN/export), or a Hugging Face token-classification "
                         "model folder or hub id (IOB/IOB2/BIOES id2label)")
     p.add_argument("--input", required=True, nargs="+", metavar="PATH",
                    help="Parquet file(s), glob(s) or folder(s) (hive partitions become columns)")

@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
-from common.partial_match import OUTCOMES, SCHEMES, match_spans, partial_match_span_scores
+from common.partial_match import OUTCOMES, SCHEMES, match_spans, partial_match_span_scores, scores_from_counts
 
 from .runs import ReportError, unique_names
 
@@ -121,17 +121,6 @@ def iter_rows(o: TaggedOutput, id_column: str | None) -> Iterator[tuple[object, 
                             if e["start"] is not None and e["end"] is not None and e["start"] < e["end"]]
 
 
-def _prf(c: Counter) -> dict:
-    """The scores of summed outcome counts (the formula of :mod:`common.partial_match`)."""
-    cor, inc, par, mis, spu = (c[k] for k in OUTCOMES)
-    pos, act = cor + inc + par + mis, cor + inc + par + spu
-    hit = cor + 0.5 * par
-    p = hit / act if act else 0.0
-    r = hit / pos if pos else 0.0
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
-            **{k: c[k] for k in OUTCOMES}, "possible": pos, "actual": act}
-
-
 class _Agreement:
     """Accumulates scores, counts and disagreement samples over chunks of aligned rows."""
 
@@ -185,8 +174,8 @@ class _Agreement:
                     bucket[j] = item
 
     def result(self, name_a: str, name_b: str) -> dict:
-        agreement = {s: {**_prf(self.totals[s]),
-                         "per_type": {t: _prf(c) for t, c in sorted(self.per_type[s].items())}} for s in SCHEMES}
+        agreement = {s: {**scores_from_counts(self.totals[s]),
+                         "per_type": {t: scores_from_counts(c) for t, c in sorted(self.per_type[s].items())}} for s in SCHEMES}
         types = sorted(set(self.counts["a"]) | set(self.counts["b"]))
         return {
             "rows": self.rows, "rows_identical": self.rows_identical, "agreement": agreement,

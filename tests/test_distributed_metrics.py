@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 import torch
 
 from common import distributed
+from tests.tiny_models import run_in_own_session
 
 WORKER = Path(__file__).with_name("dist_metrics_worker.py")
 
@@ -78,15 +77,8 @@ def test_two_ranks_gloo_predictions_equal_single_process(tmp_path, tiny_bert_dir
                PYTHONPATH=os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "--max_restarts=0", str(WORKER), str(tmp_path), str(tiny_bert_dir), str(tiny_data_json)]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)   # torchrun and its workers: the session this test started
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {TIMEOUT_S}s:\n{out[-4000:]}")
-    assert proc.returncode == 0, out[-4000:]
+    code, out, _ = run_in_own_session(cmd, env, TIMEOUT_S)
+    assert code == 0, out[-4000:]
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
     ref, ref_batches, windows, lengths = _single_process_reference(tiny_bert_dir, tiny_data_json)

@@ -8,10 +8,7 @@ before any process-group timeout (30 min), with the failing rank's error in the 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,7 +16,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from tests.tiny_models import REPO_ROOT, tiny_train_args
+from tests.tiny_models import REPO_ROOT, run_in_own_session, tiny_train_args
 
 pytestmark = pytest.mark.distributed
 
@@ -40,16 +37,7 @@ def _env() -> dict:
 
 def _run_job(cmd: list[str]) -> tuple[int, str, float]:
     """(exit code, stdout + stderr, wall seconds) of ``cmd``, run in its own session (killed whole on timeout)."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=HARD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers: the session this test started
-        out, _ = proc.communicate()
-        pytest.fail(f"the job did not stop in {HARD_TIMEOUT_S}s:\n{out[-6000:]}")
-    return proc.returncode, out, time.monotonic() - t0
+    return run_in_own_session(cmd, _env(), HARD_TIMEOUT_S)
 
 
 # ------------------------------------------------------------------ training

@@ -108,3 +108,23 @@ def tiny_exports(tmp_path_factory, tiny_bert_dir, tiny_data_json) -> dict[str, P
         assert main(tiny_train_args(tiny_data_json, tiny_bert_dir, out, *extra)) == 0
         runs[name] = out
     return runs
+
+
+def run_in_own_session(cmd: list[str], env: dict, timeout: float) -> tuple[int, str, float]:
+    """(exit code, stdout + stderr, wall seconds) of ``cmd`` run in a session of its own, so that on a timeout
+    the whole of it (torchrun and its workers) is killed and the test fails with the output's tail."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{cmd[:6]} did not finish in {timeout}s:\n{out[-6000:]}")
+    return proc.returncode, out, time.monotonic() - t0
