@@ -16,9 +16,14 @@ One process (or each torchrun rank / SLURM array task) does:
    a live process is left to it;
 5. a background thread reads each part in bounded buffers (``--buffer-rows``
    rows / ``--buffer-chars`` characters) and prepares them (words, windows,
-   length-sorted token-budget batches, pinned tensors on GPU) while the main
-   thread runs the model on the previous buffer; the queue between them holds
-   at most two buffers, so memory does not grow with the corpus;
+   length-sorted token-budget batches: :class:`infer.host_encoder.HostEncoder`) while
+   the main thread runs the model on the previous buffer, decodes the spans and
+   writes them; or, with host worker processes (:func:`host_workers`: by
+   default beside a GPU, not on a CPU, whose model needs every core), the
+   thread hands each buffer to a worker (round robin) and the main thread
+   collects the results in input order (pinned tensors on a GPU).  The queue
+   between them holds at most two buffers (plus one per worker), so memory does
+   not grow with the corpus;
 6. results go, in input order, into the part's temporary Parquet file, which
    is renamed and recorded in the manifest when the part is complete;
 7. a summary (rows, words, entities per type, wall time, words/s) is printed
@@ -48,6 +53,8 @@ from .sources import InputError, discover, plan_parts, read_buffers
 from taggers.export import ExportError, load_tagger, read_export_config
 from taggers.precision import resolve_precision
 
+from .host_workers import HostWorkers
+from .memory import bound_malloc, trim_malloc
 from .tagger import ENTITIES_TYPE, TextTagger
 
 log = logging.getLogger("infer")
@@ -78,6 +85,8 @@ class TagOptions:
     chunk_pieces: int = 0
     threads: int = 0
     progress: bool = True
+    host_workers: int | None = None
+    """Worker processes for the CPU side (None: ``NER_TAG_HOST_WORKERS``, else automatic; see host_workers)."""
 
 
 def carried_columns(opts: TagOptions) -> list[str] | None:
@@ -101,16 +110,38 @@ def shard_from_env(num_shards: int | None, shard_index: int | None) -> tuple[int
     return num_shards, shard_index
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def host_workers(opts: TagOptions, device: torch.device) -> int:
+    """How many worker processes prepare buffers (words, pieces, windows, batches) for this process's model.
+
+    ``opts.host_workers``, else ``NER_TAG_HOST_WORKERS``, else: none on a CPU (the model needs every core and
+    the host side, a few percent of its time, runs in a thread beside it), and one per spare core (up to 4)
+    beside a GPU, whose model is fast enough to wait for one core's host side.  0 = a thread of this process.
+    """
+    if opts.host_workers is not None:
+        return max(0, int(opts.host_workers))
+    if os.environ.get("NER_TAG_HOST_WORKERS", "").strip():
+        return max(0, int(os.environ["NER_TAG_HOST_WORKERS"]))
+    if device.type != "cuda":
+        return 0
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(4, _cpus() // local - 1))
+
+
 def _set_threads(opts: TagOptions, device: torch.device) -> int:
+    """Torch's threads: ``--threads``, else this process's share of the cores less its host workers' (so that
+    they do not fight over cores), at most 4 beside a GPU."""
     if opts.threads:
         n = opts.threads
     else:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:
-            cpus = os.cpu_count() or 1
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        n = max(1, cpus // local)
+        n = max(1, _cpus() // local - host_workers(opts, device))
         if device.type == "cuda":
             n = min(n, 4)
     torch.set_num_threads(n)
@@ -133,7 +164,9 @@ class _Stats:
 
 
 def _producer(tagger: TextTagger, work, sources, columns, opts, claims: dict, q: queue.Queue,
-              stop: threading.Event):
+              stop: threading.Event, workers: "HostWorkers | None" = None):
+    """Claims and reads the parts; prepares each buffer itself, or hands it to a host worker and passes on the
+    ticket (the main thread collects the workers' results in input order)."""
     def put(item):
         while not stop.is_set():
             try:
@@ -156,7 +189,10 @@ def _producer(tagger: TextTagger, work, sources, columns, opts, claims: dict, q:
             src = sources[part.source]
             for table, texts in read_buffers(src, part, columns, opts.text_column, opts.buffer_rows,
                                              opts.buffer_chars):
-                if not put(("buffer", part, table, tagger.prepare(texts))):
+                if stop.is_set():
+                    return
+                prep = (workers.submit(texts), texts) if workers is not None else tagger.prepare(texts)
+                if not put(("buffer", part, table, prep)):
                     return
             if not put(("end", part, None, None)):
                 return
@@ -164,36 +200,6 @@ def _producer(tagger: TextTagger, work, sources, columns, opts, claims: dict, q:
         put(("error", e, None, None))
     finally:
         put(None)
-
-
-def bound_malloc() -> None:
-    """Keep glibc from growing the heap as batches of ever new shapes come and go.
-
-    glibc raises its mmap threshold each time a large block is freed, after
-    which activations of every new batch shape are carved out of the heap and
-    fragment it: RSS then creeps up with the number of batches (about +50%
-    over a few thousand rows).  A fixed threshold (which also switches the
-    dynamic adjustment off) returns large blocks to the system on free, so
-    peak memory stays flat however many rows are tagged.  No-op elsewhere.
-    """
-    global _TRIM
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
-        _TRIM = libc.malloc_trim
-    except (OSError, AttributeError):
-        pass
-
-
-_TRIM = None
-
-
-def trim_malloc() -> None:
-    """Give freed heap pages back to the system (glibc ``malloc_trim``); called once per buffer."""
-    if _TRIM is not None:
-        _TRIM(0)
 
 
 def run(opts: TagOptions) -> dict:
@@ -299,10 +305,16 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
     from tqdm import tqdm
 
     schema = pa.schema([sources[0].schema.field(c) for c in columns] + [pa.field("entities", ENTITIES_TYPE)])
-    q: queue.Queue = queue.Queue(maxsize=2)
+    n_workers = host_workers(opts, tagger.device)
+    chosen = opts.host_workers is not None or os.environ.get("NER_TAG_HOST_WORKERS", "").strip()
+    if not chosen and total_rows < 4 * opts.buffer_rows:
+        n_workers = 0  # a few buffers: not worth starting processes
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer gets no cores of its own
+    workers = HostWorkers(tagger.encoder, n_workers) if n_workers else None
+    q: queue.Queue = queue.Queue(maxsize=2 + n_workers)
     stop = threading.Event()
     claims: dict = {}  # part index -> its held claim
-    thread = threading.Thread(target=_producer, args=(tagger, work, sources, columns, opts, claims, q, stop),
+    thread = threading.Thread(target=_producer, args=(tagger, work, sources, columns, opts, claims, q, stop, workers),
                               name="ner-tag-prepare", daemon=True)
     thread.start()
     bar = tqdm(total=total_rows, unit="rows", disable=not show, dynamic_ncols=True, smoothing=0.05,
@@ -310,6 +322,7 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
     writer = None
     part_stats = None
     t_start = time.time()
+    failed = True
     try:
         while True:
             item = q.get()
@@ -331,6 +344,9 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
                 log.debug("part %d done: %s", part.index, entry)
                 writer = None
                 continue
+            if workers is not None:
+                ticket, texts = prep
+                prep = tagger.attach(workers.result(ticket), texts)
             tagged = tagger.run(prep)
             arrays = [table.column(c) for c in columns] + [tagged.to_arrow()]
             writer.write(pa.Table.from_arrays(arrays, schema=schema))
@@ -346,6 +362,7 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
             trim_malloc()
             bar.update(rows_done)
             bar.set_postfix_str(f"{stats.words / max(time.time() - t_start, 1e-9):,.0f} words/s", refresh=False)
+        failed = False
     except BaseException:
         stop.set()
         if writer is not None:
@@ -353,6 +370,8 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
         raise
     finally:
         stop.set()
+        if workers is not None:  # a producer blocked on a worker's pipe gets an error and ends
+            workers.close(kill=failed)
         while thread.is_alive():
             try:
                 q.get(timeout=0.1)

@@ -29,6 +29,9 @@ those of the original text).
 :func:`sentence_chunks` cuts the words of a long text at sentence-ish
 boundaries and packs consecutive sentences into chunks of a bounded size
 (used by :class:`infer.tagger.TextTagger` for texts longer than the model's window).
+
+:mod:`infer.word_arrays` does the same for a whole buffer of texts at once (what
+:mod:`infer.tagger` uses); the functions here are the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -38,35 +41,43 @@ import sys
 import unicodedata
 from functools import lru_cache
 
+import numpy as np
 
-def _ranges(categories: set[str], table: list[str]) -> str:
-    """A regex character-class body for all code points whose category is in ``categories``."""
-    out = []
-    start = prev = None
-    for cp, cat in enumerate(table):
-        if cat in categories:
-            if start is None:
-                start = cp
-            prev = cp
-        elif start is not None:
-            out.append((start, prev))
-            start = None
-    if start is not None:
-        out.append((start, prev))
+
+_CLASS_CATEGORIES = {"ps": ("Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "So"),  # punctuation, symbols
+                     "cc": ("Cc",), "cf": ("Cf",), "marks": ("Mn", "Me")}
+
+
+@lru_cache(maxsize=1)
+def class_masks() -> dict[str, np.ndarray]:
+    """For each class of the word rules, whether each code point is in it (by its Unicode category)."""
+    categories = "".join(map(unicodedata.category, map(chr, range(sys.maxunicode + 1))))
+    pairs = np.frombuffer(categories.encode("ascii"), dtype=np.uint16)  # one 2-letter category per code point
+    code = {c: np.frombuffer(c.encode("ascii"), dtype=np.uint16)[0] for cs in _CLASS_CATEGORIES.values() for c in cs}
+    return {name: np.isin(pairs, [code[c] for c in cs]) for name, cs in _CLASS_CATEGORIES.items()}
+
+
+def _ranges(mask: np.ndarray) -> str:
+    """A regex character-class body for the code points where ``mask`` is true."""
+    edges = np.flatnonzero(np.diff(mask, prepend=False, append=False))
 
     def esc(cp):
         return "\\U%08x" % cp
 
-    return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in out)
+    return "".join(esc(a) if a == b - 1 else f"{esc(a)}-{esc(b - 1)}"
+                   for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()))
+
+
+@lru_cache(maxsize=1)
+def _class_ranges() -> dict[str, str]:
+    """Character-class bodies of the word rules: punctuation and symbols, control, format, combining marks."""
+    return {name: _ranges(mask) for name, mask in class_masks().items()}
 
 
 @lru_cache(maxsize=1)
 def word_regex() -> re.Pattern:
-    table = [unicodedata.category(chr(cp)) for cp in range(sys.maxunicode + 1)]
-    ps = _ranges({"Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "So"}, table)  # punctuation, symbols
-    cc = _ranges({"Cc"}, table)
-    cf = _ranges({"Cf"}, table)
-    marks = _ranges({"Mn", "Me"}, table)
+    classes = _class_ranges()
+    ps, cc, cf, marks = classes["ps"], classes["cc"], classes["cf"], classes["marks"]
     inner = rf"[^\s{ps}{cc}]"  # may appear inside a word
     start = rf"[^\s{ps}{cc}{cf}{marks}]"  # may start a word
     end = rf"[^\s{ps}{cc}{cf}]"  # may end a word
@@ -94,8 +105,8 @@ def split_words(text: str) -> tuple[list[str], list[int], list[int]]:
 ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof st sr jr co corp inc ltd plc bros no nos vs jan feb mar apr jun jul aug sep sept oct "
     "nov dec gen gov sen rep rev mt ft pct approx dept est fig lt col capt sgt".split())
-_SENT_END = frozenset(".!?")
-_CLOSERS = frozenset("\"')]}\u2019\u201d")
+SENT_END = frozenset(".!?")
+CLOSERS = frozenset("\"')]}\u2019\u201d")
 
 
 def sentence_chunks(text: str, words: list[str], starts: list[int], ends: list[int], max_size: int,
@@ -133,14 +144,14 @@ def sentence_chunks(text: str, words: list[str], starts: list[int], ends: list[i
             bounds.append(i + 1)
             continue
         w = words[i]
-        if w in _CLOSERS and i > 0:
+        if w in CLOSERS and i > 0:
             j = i - 1
-            while j > 0 and words[j] in _CLOSERS:
+            while j > 0 and words[j] in CLOSERS:
                 j -= 1
             w_end, before = words[j], (words[j - 1] if j > 0 else "")
         else:
             w_end, before = w, (words[i - 1] if i > 0 else "")
-        if w_end not in _SENT_END:
+        if w_end not in SENT_END:
             continue
         if w_end == "." and (len(before) == 1 and before.isalpha() or before.lower() in ABBREVIATIONS):
             continue
@@ -162,3 +173,16 @@ def sentence_chunks(text: str, words: list[str], starts: list[int], ends: list[i
             a = s
     chunks.append((a, n))
     return chunks
+
+
+# ====================================================================== whole buffers at once (numpy)
+# The functions below give the same words, casing classes and chunks as split_words, casing_class and
+# sentence_chunks, for a whole buffer of texts at once: the texts are joined by newlines into one array of
+# code points, every rule is evaluated for all characters in a few numpy passes over per-code-point tables,
+# and the Python regular expression only sees the rare stretches where its finer rules decide (see
+# word_spans: abbreviations, stray marks; one segment per 240 words of news text).
+
+GAP, HARD, SOFT, FORMAT, MARK, LETTER = range(6)
+"""Word-splitting class of a code point: whitespace or control (never in a word); punctuation or symbol that is
+always a word of its own; one that may join words (``JOINERS``); format (Cf); combining mark (Mn/Me); any
+other (word) character."""
