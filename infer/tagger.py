@@ -154,7 +154,7 @@ class TextTagger:
                  batch_tokens: int = 0, chunking: str = "sentences", chunk_pieces: int = 0):
         import torch
 
-        from taggers.precision import DTYPES, resolve_precision
+        from taggers.precision import cast_for_inference, resolve_precision
 
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -175,12 +175,7 @@ class TextTagger:
         self.outside_id = self.labels.index("O")
         self._tables = SpanTables.of(self.labels)
         self._types = pa.array(self._tables.types, pa.string())
-        dtype = DTYPES[self.precision]
-        self.model.eval()
-        if dtype != torch.float32:
-            self.model.to(dtype)
-            if getattr(self.model, "crf", None) is not None:
-                self.model.crf.float()
+        cast_for_inference(self.model, self.precision)
 
     @classmethod
     def from_export(cls, path: str, device: str | torch.device = "cpu", **kw) -> "TextTagger":

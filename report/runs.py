@@ -143,7 +143,7 @@ def tag_sentences(model, windower, sentences: Sequence[Sentence], device: str, m
         windows = windower.windows(list(sents), with_labels=False)
         preds = predict_windows(model, windows, [len(s) for s in sents], device=torch_device, precision="fp32",
                                 max_tokens=max_tokens, pad_id=windower.pad_id)
-        return [[labels[i] for i in row] for row in preds.label_ids]
+        return preds.tags(labels)
 
     def timed():
         if device.startswith("cuda"):
@@ -181,7 +181,7 @@ def precision_check(export_dir: str, sentences: Sequence[Sentence], device: str,
         preds = predict_windows(model, windower.windows(list(sentences), with_labels=False),
                                 [len(s) for s in sentences], torch.device(device), precision, max_tokens,
                                 windower.pad_id)
-        tags[precision] = [[model.labels[i] for i in row] for row in preds.label_ids]
+        tags[precision] = preds.tags(model.labels)
         out[f"{precision}_f1"] = score_words(gold, tags[precision])["f1"]
     return {**out, **span_agreement(tags["fp32"], tags["bf16"])}
 

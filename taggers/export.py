@@ -22,13 +22,12 @@ import warnings
 
 import torch
 
+from common.data import split_tag
 from common.encoding import PieceWindower
 from common.io import atomic_write
 
-from .config import ModelConfig
-from common.data import split_tag
-
 from . import hf
+from .config import ModelConfig
 from .models import TAGGERS, WEIGHTS, ExportError, TaggerBase, quiet_transformers
 
 FORMAT_VERSION = 1

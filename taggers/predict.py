@@ -44,6 +44,10 @@ class WordPredictions:
     correct_pieces: int = 0
     labelled_pieces: int = 0
 
+    def tags(self, labels) -> list[list[str]]:
+        """The predicted tag of every word, ``labels`` being the model's tag list."""
+        return [[labels[i] for i in row] for row in self.label_ids]
+
     @property
     def token_accuracy(self) -> float:
         return self.correct_pieces / self.labelled_pieces if self.labelled_pieces else 0.0

@@ -43,8 +43,9 @@ def main(argv=None) -> int:
             check_labels(windower.labels, label_list(sentences), f"{args.data}: fold {args.fold!r}")
             if args.decoding != "export":
                 model.constrained_decoding = args.decoding == "constrained"
-            results[precision], tags[precision] = score(cast_for_inference(model, precision), windower, sentences,
-                                                        device, precision, args.max_tokens)
+            results[precision], tags[precision] = score(cast_for_inference(model, precision),
+                                                        windower.windows(sentences), sentences, windower.labels,
+                                                        device, precision, args.max_tokens, windower.pad_id)
     except (DataError, ExportError) as e:
         print(f"ner-evaluate: error: {e}", file=sys.stderr)
         return 2
@@ -59,11 +60,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def score(model, windower, sentences, device, precision: str, max_tokens: int) -> tuple[dict, list[list[str]]]:
-    """Entity scores of ``model`` on ``sentences`` and its predicted tags."""
-    preds = predict_windows(model, windower.windows(sentences), [len(s) for s in sentences], device, precision,
-                            max_tokens, windower.pad_id)
-    tags = [[windower.labels[i] for i in row] for row in preds.label_ids]
+def score(model, windows, sentences, labels, device, precision: str, max_tokens: int, pad_id: int,
+          info=None) -> tuple[dict, list[list[str]]]:
+    """Entity scores of ``model`` on ``sentences`` (encoded as ``windows``) and its predicted tags; with
+    ``info`` of several ranks, each rank predicts a share and every rank gets both (the trainer's evaluation)."""
+    preds = predict_windows(model, windows, [len(s) for s in sentences], device, precision, max_tokens, pad_id, info)
+    tags = preds.tags(labels)
     scores = score_words([s.tags for s in sentences], tags)
     scores["token_accuracy"] = preds.token_accuracy
     scores["num_sentences"] = len(sentences)

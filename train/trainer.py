@@ -25,16 +25,15 @@ from common import distributed
 from common.batching import TokenBudgetBatchSampler, collate_windows
 from common.data import DataError, Sentence, assign_documents, load_folds
 from common.labels import check_fold_labels, label_list
-from common.metrics import score_words
 from common.rundir import RunFolder
 from taggers.export import load_tagger, load_tokenizer, make_windower, save_export
 from taggers.models import build_tagger
 from taggers.precision import resolve_precision
-from taggers.predict import predict_windows
 
 from .checkpoint import check_resume_config, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, resolve_encoder, to_dict
 from .engine import make_engine
+from .evaluate import score
 from .tracking import Tracker
 
 log = logging.getLogger("train")
@@ -313,14 +312,8 @@ class Trainer:
 
     def score(self, model, fold: str) -> tuple[dict, list[list[str]]]:
         """Entity scores of ``model`` on ``fold`` and its predicted tags (every rank gets both)."""
-        sentences = self.data.folds[fold]
-        preds = predict_windows(model, self.windows[fold], [len(s) for s in sentences], self.info.device,
-                                self.precision, self.cfg.train.eval_max_tokens, self.windower.pad_id, self.info)
-        pred_tags = [[self.data.labels[i] for i in row] for row in preds.label_ids]
-        scores = score_words([s.tags for s in sentences], pred_tags)
-        scores["token_accuracy"] = preds.token_accuracy
-        scores["num_sentences"] = len(sentences)
-        return scores, pred_tags
+        return score(model, self.windows[fold], self.data.folds[fold], self.data.labels, self.info.device,
+                     self.precision, self.cfg.train.eval_max_tokens, self.windower.pad_id, self.info)
 
     def save(self) -> None:
         save_checkpoint(self.engine, dataclasses.asdict(self.state), self.run_dir.root, self.info)
