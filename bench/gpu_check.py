@@ -8,7 +8,9 @@ b. a short bf16 training run of each recipe (``train/configs/{bilstm,bert}_conll
    wall time, training tokens/s, valid/test F1 of the (barely trained) model, peak GPU memory;
 c. the tagging benchmark ``bench/bench_infer.py --device cuda``: words/s and pieces/s of ner-tag (fp32 and bf16)
    against the Hugging Face pipeline on the same GPU, span agreement, peak GPU memory per run; the model is
-   ``--bench-model`` or a MiniLM export trained for a few steps (``bench_infer.py --make-export``).
+   ``--bench-model`` or a MiniLM export trained for a few steps (``bench_infer.py --make-export``);
+d. ner-tag at scale (``bench/bench_gpu_scale.py``, first 100,000 news sentences): end-to-end words/s with 0 and 4
+   host workers and two batch sizes, against the model alone on the same GPU.
 
 During every stage ``nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv -lms 500`` samples
 the GPUs in the background (mean / max utilisation, max memory used).  The results, with the commands, the
@@ -54,7 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--work", default=str(REPO / "runs" / "gpu_check"),
                    help="training runs, benchmark model and logs (default: %(default)s)")
     p.add_argument("--results", default=str(REPO / "bench" / "results_gpu.md"), help="results file (markdown)")
-    p.add_argument("--skip", default="", help="stages to skip, comma-separated: tests,train,bench")
+    p.add_argument("--scale-corpus", default=str(REPO.parent / "shared/corpus/news_sentences.parquet") + ":100000",
+                   metavar="PATH[:ROWS]", help="sample of the scale stage (default: %(default)s)")
+    p.add_argument("--skip", default="", help="stages to skip, comma-separated: tests,train,bench,scale")
     p.add_argument("--stage-timeout", type=int, default=3600, help="seconds per stage process (default: 3600)")
     p.add_argument("--child", nargs=argparse.REMAINDER,
                    help=argparse.SUPPRESS)  # internal: run a module's main() and print the peak GPU memory
@@ -132,10 +136,9 @@ def describe_machine(torch) -> dict:
 class GpuSampler:
     """``nvidia-smi -lms 500`` in the background; mean / max utilisation and max memory used per GPU."""
 
-    CMD = ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-           "-lms", "500"]
-
-    def __init__(self):
+    def __init__(self, interval_ms: int = 500):
+        self.cmd = ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                    "-lms", str(interval_ms)]
         self.samples: dict[int, list[tuple[float, float]]] = {}
         self.proc = None
         self.thread = None
@@ -143,7 +146,7 @@ class GpuSampler:
     def __enter__(self):
         if shutil.which("nvidia-smi"):
             try:
-                self.proc = subprocess.Popen(self.CMD, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                 self.thread = threading.Thread(target=self._read, daemon=True)
                 self.thread.start()
             except OSError:
@@ -325,6 +328,10 @@ def write_results(path: Path, machine: dict, stages: list[Stage], args) -> None:
                   f"{_fmt(r.get('test_f1'), '.2f')} | {_fmt(r.get('peak_gpu_mib'))} MiB |", "",
                   f"({args.steps} steps only: the F1 scores show that the run works, not what the recipe reaches.)",
                   ""]
+        elif s.name == "scale" and s.results:
+            L += ["`bench/bench_gpu_scale.py`: the model alone (buffers prepared beforehand) and `ner-tag` end to end "
+                  "(a fresh process each; words/s while tagging, model loading excluded).", "",
+                  s.results["table"], ""]
         elif s.name == "bench" and s.results:
             r = s.results
             L += [f"Model: `{r.get('model')}`; device {r.get('device')} ({r.get('gpu')}); {r.get('threads')} CPU "
@@ -432,6 +439,22 @@ def main(argv=None) -> int:
         s = run_stage(Stage("bench", "c. tagging benchmark: ner-tag vs the Hugging Face pipeline", cmd),
                       logs, args.stage_timeout, env)
         parse_bench(s, json_path)
+        stages.append(s)
+
+    if "scale" not in skip:
+        model = args.bench_model or str(work / "bench_minilm" / "export")
+        table = work / "scale.md"
+        if table.exists():
+            table.unlink()
+        cmd = [py, str(REPO / "bench" / "bench_gpu_scale.py"), "--model", model, "--corpus", args.scale_corpus,
+               "--precision", "bf16", "--batch-tokens", "16384,65536", "--host-workers", "0,4",
+               "--results", str(table)]
+        s = run_stage(Stage("scale", "d. ner-tag at scale: end to end against the model alone", cmd),
+                      logs, args.stage_timeout, env)
+        if table.exists():
+            s.results = {"table": table.read_text()}
+        elif s.ok:
+            s.error = f"no {table}"
         stages.append(s)
 
     results = Path(args.results)

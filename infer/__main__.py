@@ -85,6 +85,9 @@ def parse_args(argv=None):
                    help="largest chunk in word pieces (default 0: the model's window)")
     p.add_argument("--threads", type=_at_least(0, " (0: cores / local ranks)"), default=0,
                    help="torch CPU threads (default: cores / local ranks)")
+    p.add_argument("--host-workers", type=_at_least(0, " (0: a thread of this process)"), default=None,
+                   help="worker processes that prepare batches (words, pieces, windows) for the model; default: "
+                        "NER_TAG_HOST_WORKERS, else 0 (a thread of this process)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
@@ -110,7 +113,7 @@ def main(argv=None) -> int:
         device=args.device, precision=args.precision, overwrite=args.overwrite, num_shards=args.num_shards,
         shard_index=args.shard_index, rows_per_part=args.rows_per_part, buffer_rows=args.buffer_rows,
         buffer_chars=args.buffer_chars, chunking=args.chunking, chunk_pieces=args.chunk_pieces,
-        threads=args.threads, progress=not args.no_progress)
+        threads=args.threads, host_workers=args.host_workers, progress=not args.no_progress)
     try:
         summary = run(opts)
     except (InputError, OutputError, ExportError, ValueError) as e:

@@ -86,7 +86,7 @@ class TagOptions:
     threads: int = 0
     progress: bool = True
     host_workers: int | None = None
-    """Worker processes for the CPU side (None: ``NER_TAG_HOST_WORKERS``, else automatic; see host_workers)."""
+    """Worker processes for the CPU side (None: ``NER_TAG_HOST_WORKERS``, else 0; see host_workers)."""
 
 
 def carried_columns(opts: TagOptions) -> list[str] | None:
@@ -117,21 +117,19 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def host_workers(opts: TagOptions, device: torch.device) -> int:
+def host_workers(opts: TagOptions) -> int:
     """How many worker processes prepare buffers (words, pieces, windows, batches) for this process's model.
 
-    ``opts.host_workers``, else ``NER_TAG_HOST_WORKERS``, else: none on a CPU (the model needs every core and
-    the host side, a few percent of its time, runs in a thread beside it), and one per spare core (up to 4)
-    beside a GPU, whose model is fast enough to wait for one core's host side.  0 = a thread of this process.
+    ``opts.host_workers``, else ``NER_TAG_HOST_WORKERS``, else none: the host side then runs in a thread beside
+    the model.  On a CPU the model needs every core; beside a GPU (H200, 16 cores, MiniLM export) 0 host workers
+    tagged faster than 2, 4 or 8 (``bench/results_gpu_scale.md``): the main process, which runs the model and
+    writes the spans, is the limit there, and collecting the workers' buffers adds to it.
     """
     if opts.host_workers is not None:
         return max(0, int(opts.host_workers))
     if os.environ.get("NER_TAG_HOST_WORKERS", "").strip():
         return max(0, int(os.environ["NER_TAG_HOST_WORKERS"]))
-    if device.type != "cuda":
-        return 0
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(0, min(4, _cpus() // local - 1))
+    return 0
 
 
 def _set_threads(opts: TagOptions, device: torch.device) -> int:
@@ -141,7 +139,7 @@ def _set_threads(opts: TagOptions, device: torch.device) -> int:
         n = opts.threads
     else:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        n = max(1, _cpus() // local - host_workers(opts, device))
+        n = max(1, _cpus() // local - host_workers(opts))
         if device.type == "cuda":
             n = min(n, 4)
     torch.set_num_threads(n)
@@ -293,7 +291,7 @@ def _run(opts: TagOptions, info, t0: float) -> dict:
     this = {**stats.as_dict(), "wall_s": round(t_end - t0, 3), "tag_s": round(t_end - t_tag, 3),
             "words_per_s": round(stats.words / max(t_end - t_tag, 1e-9), 1),
             "rank": info.rank, "shard": shard_index, "device": str(info.device), "precision": precision,
-            "threads": threads}
+            "threads": threads, "host_workers": host_workers(opts)}
     per_rank = distributed.gather_objects(this, info)
     summary = _summary(opts, per_rank, len(parts), t0, info, num_shards, shard_index)
     if info.is_main:
@@ -305,10 +303,7 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
     from tqdm import tqdm
 
     schema = pa.schema([sources[0].schema.field(c) for c in columns] + [pa.field("entities", ENTITIES_TYPE)])
-    n_workers = host_workers(opts, tagger.device)
-    chosen = opts.host_workers is not None or os.environ.get("NER_TAG_HOST_WORKERS", "").strip()
-    if not chosen and total_rows < 4 * opts.buffer_rows:
-        n_workers = 0  # a few buffers: not worth starting processes
+    n_workers = host_workers(opts)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer gets no cores of its own
     workers = HostWorkers(tagger.encoder, n_workers) if n_workers else None
     q: queue.Queue = queue.Queue(maxsize=2 + n_workers)

@@ -175,7 +175,7 @@ class TextTagger:
         self.outside_id = self.labels.index("O")
         self._tables = SpanTables.of(self.labels)
         self._types = pa.array(self._tables.types, pa.string())
-        cast_for_inference(self.model, self.precision)
+        cast_for_inference(self.model, self.precision, self.device)
 
     @classmethod
     def from_export(cls, path: str, device: str | torch.device = "cpu", **kw) -> "TextTagger":

