@@ -17,7 +17,13 @@ Conventions (the same everywhere in the project):
   each word is *owned* by exactly one window (the one where it has the most
   context on both sides), only owned words are labelled and predicted;
 * optional document context (FLERT): pieces of the neighbouring sentences of
-  the same document are added left and right as unlabelled context.
+  the same document are added left and right as unlabelled context;
+* optional document packing: consecutive sentences of one document that fit
+  together share one window, each of them labelled and predicted there (its
+  neighbours are its context, at no extra compute per labelled piece).  A
+  packed window's ``sentence`` is its first sentence and ``word_index``
+  counts on through the next ones, so a word's flat position is still
+  ``first word of sentence + word_index``.
 """
 
 from __future__ import annotations
@@ -104,6 +110,33 @@ def plan_windows(piece_counts: Sequence[int], budget: int, stride: float = 0.5) 
         start = nxt
 
 
+def plan_packs(docs: Sequence, piece_counts: Sequence[int], budget: int) -> list[list[int]]:
+    """Runs of consecutive sentences of one document whose pieces fit ``budget`` together, greedily from each
+    document's first sentence: ``[[0, 1, 2], [3, 4], ...]``.  Only runs of two or more are returned; sentences
+    without a document (``None``), or alone over the budget, or with no pieces, are left to windows of their own.
+    """
+    packs: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+
+    def close():
+        if len(current) > 1:
+            packs.append(list(current))
+        current.clear()
+
+    for si, (doc, n) in enumerate(zip(docs, piece_counts)):
+        fits = doc is not None and 0 < n <= budget
+        if current and (not fits or docs[current[-1]] != doc or used + n > budget):
+            close()
+        if fits:
+            if not current:
+                used = 0
+            current.append(si)
+            used += n
+    close()
+    return packs
+
+
 def assign_owners(windows: Sequence[tuple[int, int]], n_words: int) -> list[int]:
     """For each word, the window that predicts it: the one where it is most central."""
     owner = [-1] * n_words
@@ -137,11 +170,15 @@ class PieceWindower:
 
     ``labels`` is the ordered tag list (index = class id).  ``max_length``
     counts special tokens.  ``context_pieces`` > 0 adds up to that many pieces
-    of document context on each side (FLERT-style).
+    of document context on each side (FLERT-style).  ``pack_pieces`` > 0 packs
+    consecutive sentences of a document into windows of up to that many
+    pieces (special tokens included); sentences without a document, or
+    longer than that, keep windows of their own.
     """
 
     def __init__(self, tokenizer, labels: Sequence[str], max_length: int = 512,
-                 label_all_pieces: bool = True, context_pieces: int = 0, window_stride: float = 0.5):
+                 label_all_pieces: bool = True, context_pieces: int = 0, window_stride: float = 0.5,
+                 pack_pieces: int = 0):
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("a fast (Rust) tokenizer is needed for word_ids(); got " + type(tokenizer).__name__)
         self.tokenizer = tokenizer
@@ -152,6 +189,7 @@ class PieceWindower:
         self.label_all_pieces = label_all_pieces
         self.context_pieces = context_pieces
         self.window_stride = window_stride
+        self.pack_pieces = min(pack_pieces, self.max_length)
         self.cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
         self.sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
         self.unk_id = tokenizer.unk_token_id
@@ -189,8 +227,16 @@ class PieceWindower:
         budget = self.max_length - self.num_special
         if budget < 1:
             raise ValueError(f"max_length {self.max_length} leaves no room for word pieces")
+        packs = plan_packs([s.doc for s in sentences], [sum(len(p) for p in ps) for ps in pieces],
+                           self.pack_pieces - self.num_special) if self.pack_pieces else []
+        packed = {si for pack in packs for si in pack}
+        pack_at = {pack[0]: pack for pack in packs}
         out: list[EncodedWindow] = []
         for si, sent in enumerate(sentences):
+            if si in pack_at:
+                out.append(self._packed_window(sentences, pieces, casings, pack_at[si], with_labels))
+            if si in packed:
+                continue
             counts = [min(len(p), budget) for p in pieces[si]]
             windows = plan_windows(counts, budget, self.window_stride)
             owners = assign_owners(windows, len(counts))
@@ -230,6 +276,33 @@ class PieceWindower:
                     scored = [0] * n_left + scored + [0] * n_right
                 out.append(self._wrap(si, ids, labels, casing, word_index, scored))
         return out
+
+    def _packed_window(self, sentences, pieces, casings, pack, with_labels) -> EncodedWindow:
+        """One window holding whole sentences ``pack`` (consecutive, one document), every word owned."""
+        ids: list[int] = []
+        labels: list[int] = []
+        casing: list[int] = []
+        word_index: list[int] = []
+        scored: list[int] = []
+        words_before = 0  # words of the pack's earlier sentences: word_index counts on through the pack
+        for si in pack:
+            sent = sentences[si]
+            if with_labels and sent.tags is None:
+                raise ValueError(f"sentence {sent.index} has no tags")
+            for w, wp in enumerate(pieces[si]):
+                ids.extend(wp)
+                casing.extend([casings[si][w]] * len(wp))
+                word_index.append(words_before + w)
+                word_index.extend([-1] * (len(wp) - 1))
+                scored.append(1)
+                scored.extend([int(self.label_all_pieces)] * (len(wp) - 1))
+            if with_labels:
+                labels.extend(align_labels(sent.tags, [len(wp) for wp in pieces[si]], self.label_to_id,
+                                           self.label_all_pieces))
+            else:
+                labels.extend([IGNORE_INDEX] * sum(len(wp) for wp in pieces[si]))
+            words_before += len(pieces[si])
+        return self._wrap(pack[0], ids, labels, casing, word_index, scored)
 
     def _context(self, sentences, pieces, casings, si, direction, limit):
         """Up to ``limit`` pieces of the same document before (-1) or after (+1) sentence ``si``."""

@@ -82,7 +82,8 @@ def parse_args(argv=None):
                         "boundaries into chunks of up to --chunk-pieces word pieces; 'windows' leaves them to "
                         "the model's overlapping windows (more context at window edges, about twice the compute)")
     p.add_argument("--chunk-pieces", type=_at_least(0, " (0: the model's window)"), default=0,
-                   help="largest chunk in word pieces (default 0: the model's window)")
+                   help="largest chunk in word pieces (default 0: the model's window, or its packing size when "
+                        "it was trained with document packing)")
     p.add_argument("--threads", type=_at_least(0, " (0: cores / local ranks)"), default=0,
                    help="torch CPU threads (default: cores / local ranks)")
     p.add_argument("--host-workers", type=_at_least(0, " (0: a thread of this process)"), default=None,

@@ -63,7 +63,9 @@ class HostEncoder:
         self.batch_tokens = batch_tokens
         self.chunking = chunking
         self.budget = windower.max_length - windower.num_special  # word pieces per window
-        self.chunk_pieces = min(chunk_pieces, self.budget) if chunk_pieces > 0 else self.budget
+        # by default a chunk holds what the model was trained on: a packed window (document packing) or a window
+        packed = windower.pack_pieces - windower.num_special if windower.pack_pieces else self.budget
+        self.chunk_pieces = min(chunk_pieces if chunk_pieces > 0 else packed, self.budget)
         for name in ("cls_id", "sep_id", "unk_id", "pad_id", "label_all_pieces", "context_pieces", "window_stride"):
             setattr(self, name, getattr(windower, name))
         self._joined = joined_words_tokenizer(windower.tokenizer)

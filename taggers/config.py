@@ -23,6 +23,9 @@ class ModelConfig:
     """Continuation pieces carry I-X / O (True) or are ignored in loss and metrics (False)."""
     context_pieces: int = 0
     """FLERT document context: pieces of neighbouring sentences added on each side (0 = off)."""
+    pack_pieces: int = 0
+    """Document packing: consecutive sentences of one document share a window of up to this many pieces
+    (special tokens included), every one of them labelled and scored (0 = one sentence per window)."""
     use_casing: bool = True
     """Concatenate an embedding of each word's casing class before the head (and into the LSTM)."""
     casing_dim: int = 16

@@ -54,7 +54,8 @@ def make_windower(mcfg: ModelConfig, labels, tokenizer, model: TaggerBase) -> Pi
     max_length = mcfg.max_length
     if model.max_positions:
         max_length = min(max_length, model.max_positions)
-    return PieceWindower(tokenizer, labels, max_length, mcfg.label_all_pieces, mcfg.context_pieces)
+    return PieceWindower(tokenizer, labels, max_length, mcfg.label_all_pieces, mcfg.context_pieces,
+                         pack_pieces=min(mcfg.pack_pieces, max_length))
 
 
 def weights_checksum(path: str) -> str:
@@ -89,6 +90,7 @@ def save_export(model: TaggerBase, mcfg: ModelConfig, tokenizer, out_dir: str, e
         "max_length": mcfg.max_length,
         "label_all_pieces": mcfg.label_all_pieces,
         "context_pieces": mcfg.context_pieces,
+        "pack_pieces": mcfg.pack_pieces,
         "use_casing": mcfg.use_casing,
         "use_crf": mcfg.use_crf,
         "decoding": "crf-viterbi" if mcfg.use_crf else ("iob2-constrained-viterbi" if mcfg.constrained_decoding

@@ -5,8 +5,10 @@
 * GPU: bf16 where the GPU computes it natively (Ampere and later; emulated
   bf16 on V100/T4 is slow, so ``including_emulation=False``); otherwise fp16
   for inference and fp32 for training (fp16 training would need loss scaling);
-* CPU: fp32 for training; for inference bf16 where the CPU has native bf16
-  (AVX512-BF16/AMX), else fp32.
+* CPU: bf16 where the CPU has native bf16 (AVX512-BF16/AMX), else fp32; for
+  training too (autocast; the weights and optimizer stay fp32): both CoNLL
+  recipes reach the same validation F1 as in fp32 (92.17 / 92.18 BERT, 90.24 /
+  90.21 BiLSTM) in 0.71x / 0.79x the training time (bench/results_train.md).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def resolve_precision(requested: str, device: torch.device, training: bool = Fal
         return requested
     if device.type == "cuda":
         return "bf16" if gpu_has_native_bf16() else ("fp32" if training else "fp16")
-    return "bf16" if not training and cpu_has_native_bf16() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def autocast(device: torch.device, precision: str):

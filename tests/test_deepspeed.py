@@ -20,6 +20,7 @@ import torch
 
 from common.distributed import DistInfo
 from tests.tiny_models import REPO_ROOT, tiny_train_args
+from taggers.precision import resolve_precision
 from train.config import ConfigError, load_config
 from train.ds_engine import build_ds_config, load_ds_config
 
@@ -69,7 +70,9 @@ def test_shipped_configs_build(stage):
     assert ds["train_micro_batch_size_per_gpu"] == 1 and ds["gradient_accumulation_steps"] == 4
     assert ds["train_batch_size"] == 8 and ds["gradient_clipping"] == 0.5
     assert "optimizer" not in ds and "scheduler" not in ds and "fp16" not in ds
-    assert not ds.get("torch_autocast", {}).get("enabled")  # fp32 on CPU with precision auto
+    # precision auto on a CPU: bf16 autocast where the CPU has native bf16, else fp32
+    native = resolve_precision("auto", torch.device("cpu"), training=True) == "bf16"
+    assert bool(ds.get("torch_autocast", {}).get("enabled")) is native
 
 
 def test_precision_from_run_config():

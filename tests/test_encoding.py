@@ -22,6 +22,7 @@ from common.encoding import (
     align_labels,
     assign_owners,
     casing_class,
+    plan_packs,
     plan_windows,
 )
 
@@ -40,13 +41,20 @@ def words_from_pieces(windows: Sequence[EncodedWindow], piece_predictions: Seque
     """
     out: list[list] = [[None] * n for n in sentence_lengths]
     seen = [[False] * n for n in sentence_lengths]
+    # a word's flat position is its window's (first) sentence's first word + word_index; packed windows count
+    # on through their later sentences
+    where = [(si, w) for si, n in enumerate(sentence_lengths) for w in range(n)]
+    first = [0]
+    for n in sentence_lengths:
+        first.append(first[-1] + n)
     for win, preds in zip(windows, piece_predictions):
         for p, w in enumerate(win.word_index):
             if w >= 0:
-                if seen[win.sentence][w]:
-                    raise AssertionError(f"word {w} of sentence {win.sentence} predicted twice")
-                seen[win.sentence][w] = True
-                out[win.sentence][w] = preds[p]
+                si, wi = where[first[win.sentence] + w]
+                if seen[si][wi]:
+                    raise AssertionError(f"word {wi} of sentence {si} predicted twice")
+                seen[si][wi] = True
+                out[si][wi] = preds[p]
     for si, flags in enumerate(seen):
         if not all(flags):
             raise AssertionError(f"sentence {si}: words {[i for i, f in enumerate(flags) if not f]} not predicted")
@@ -359,3 +367,58 @@ def test_shared_valid_round_trip(tokenizer, conll_folds, max_length):
         assert len(windows) > len(sents)
     preds = [[enc.labels[l] if l >= 0 else None for l in w.labels] for w in windows]
     assert words_from_pieces(windows, preds, [len(s) for s in sents]) == [s.tags for s in sents]
+
+
+# --- document packing ------------------------------------------------------------------------------
+
+def test_plan_packs_known_answer():
+    docs = [0, 0, 0, 1, None, None, 2, 2, 2, 3, 3, 3]
+    counts = [3, 4, 2, 5, 1, 1, 9, 2, 3, 12, 0, 4]
+    # doc 0 fits whole; doc 1 is one sentence; no document: alone; doc 2: 9 fills a window alone, then 2 + 3;
+    # doc 3: a sentence over the budget and an empty one are left to windows of their own
+    assert plan_packs(docs, counts, budget=9) == [[0, 1, 2], [7, 8]]
+    # a larger budget: doc 3's sentences 9 and 11 are not neighbours (the empty one lies between)
+    assert plan_packs(docs, counts, budget=100) == [[0, 1, 2], [6, 7, 8]]
+
+
+def test_packing_known_answer(tokenizer):
+    sents = doc_sentences()
+    windows = PieceWindower(tokenizer, LABELS, max_length=64, pack_pieces=64).windows(sents)
+    got = [pieces(tokenizer, w) for w in windows]
+    assert got == [["[CLS]", "peter", "blackburn", "eu", "rejects", "una", "##ffa", "##ble", "call", "brussels",
+                    "1996", "-", "08", "-", "22", "[SEP]"],
+                   ["[CLS]", "paris", "said", "[SEP]"], ["[CLS]", "the", "x", "##yl", "##op", "##hon", "##ics", "[SEP]"],
+                   ["[CLS]", "paris", "said", "[SEP]"]]
+    w = windows[0]
+    assert w.sentence == 0
+    assert w.word_index == [-1, 0, 1, 2, 3, 4, -1, -1, 5, 6, 7, -1, -1, -1, -1, -1]
+    assert w.scored == [0] + [1] * 14 + [0]  # every piece of every sentence (label_all_pieces)
+    assert [LABELS[x] if x >= 0 else None for x in w.labels] == [
+        None, "B-PER", "I-PER", "B-ORG", "O", "O", "O", "O", "O", "B-LOC", "O", "O", "O", "O", "O", None]
+
+
+@pytest.mark.parametrize("pack_pieces, max_length", [(12, 64), (16, 16), (40, 40), (512, 512)])
+def test_packing_labels_every_word_once_within_one_document(tokenizer, pack_pieces, max_length):
+    sents = doc_sentences() + [long_sentence(25, 1), Sentence(["Paris"], ["B-LOC"], doc=1),
+                               Sentence(["EU", "said"], ["B-ORG", "O"], doc=2)]
+    sents[-3].doc = 1
+    enc = PieceWindower(tokenizer, LABELS, max_length=max_length, pack_pieces=pack_pieces)
+    windows = enc.windows(sents)
+    # every word labelled exactly once, with its own tag (words_from_pieces raises on a word seen twice or never)
+    assert word_tags_from_labels(windows, sents) == [s.tags for s in sents]
+    full = enc.word_pieces([s.tokens for s in sents])
+    assert sum(sum(w.scored) for w in windows) == sum(len(p) for ps in full for p in ps)
+    first = [0]
+    for s in sents:
+        first.append(first[-1] + len(s))
+    packed = 0
+    for w in windows:
+        assert len(w) <= max_length
+        covered = {next(j for j in range(len(sents)) if first[j] <= first[w.sentence] + i < first[j + 1])
+                   for i in w.word_index if i >= 0}
+        if len(covered) > 1:  # a packed window: consecutive sentences of one document, within the pack size
+            packed += 1
+            assert len(w) <= pack_pieces
+            assert covered == set(range(min(covered), max(covered) + 1))
+            assert len({sents[j].doc for j in covered}) == 1 and sents[w.sentence].doc is not None
+    assert packed > 0

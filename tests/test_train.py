@@ -62,6 +62,26 @@ def test_training_reduces_loss(tiny_exports):
     assert steps[-1]["loss"] < first_loss
 
 
+def test_packed_bf16_training(tmp_path, tiny_bert_dir, tiny_data_json):
+    """Document packing and bf16 autocast on the CPU, together: the loss goes down, every valid/test word gets a
+    prediction (the run would stop on a word without one), and the export keeps its packing size."""
+    out = tmp_path / "packed"
+    assert main(tiny_train_args(tiny_data_json, tiny_bert_dir, out, "model.pack_pieces=64",
+                                'train.precision="bf16"')) == 0
+    steps = [r for r in read_jsonl(out / "train_log.jsonl") if r["event"] == "step"]
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["precision"] == "bf16"
+    for fold in ("valid", "test"):
+        preds = read_jsonl(out / "predictions" / f"{fold}.jsonl")
+        assert len(preds) == metrics[fold]["num_sentences"] == 40
+        assert all(len(p["pred"]) == len(p["tokens"]) for p in preds)
+    meta = json.loads((out / "export" / "ner_config.json").read_text())
+    assert meta["pack_pieces"] == 64
+    model, windower = load_tagger(str(out / "export"))
+    assert windower.pack_pieces == 64
+
+
 def _batch_for(encoder, sentences):
     from common.batching import collate_windows
     from common.data import Sentence

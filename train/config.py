@@ -62,7 +62,8 @@ class TrainLoopConfig:
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     precision: str = "auto"
-    """fp32, bf16 or auto (bf16 autocast on GPUs that support it, fp32 on CPU)."""
+    """fp32, bf16 or auto: bf16 autocast where the GPU or CPU computes bf16 natively (Ampere+,
+    AVX512-BF16/AMX), else fp32."""
     num_threads: int = 0
     """torch intra-op threads per process (0 = torch's default / OMP_NUM_THREADS)."""
     log_every: int = 20
@@ -169,6 +170,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("optim.grad_accum must be >= 1")
     if cfg.train.max_tokens < 8:
         raise ConfigError("train.max_tokens must be >= 8")
+    for name in ("context_pieces", "pack_pieces"):
+        if getattr(cfg.model, name) < 0:
+            raise ConfigError(f"model.{name} must be >= 0 (0 = off), got {getattr(cfg.model, name)}")
+    if 0 < cfg.model.pack_pieces < 8:
+        raise ConfigError(f"model.pack_pieces must be 0 (off) or at least 8, got {cfg.model.pack_pieces}")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -337,7 +337,7 @@ class Trainer:
         state = self.state
         best_model, _ = load_tagger(self.run_dir.export_dir, self.info.device)
         result = {"model_type": self.cfg.model.type, "num_parameters": self.num_parameters,
-                  "world_size": self.info.world_size, "engine": self.engine.name,
+                  "world_size": self.info.world_size, "engine": self.engine.name, "precision": self.precision,
                   "train_wall_s": state.train_time_s,
                   "train_tokens_per_s": state.train_tokens / max(state.train_time_s, 1e-9),
                   "steps": state.step, "best_step": state.best_step, "labels": self.data.labels}
