@@ -2,7 +2,8 @@
 # Builds .devcarry/, what a GPU machine without network needs beside the working tree to run the scripts in
 # bench/device/ (the `device` tool of this workplace carries it: `carry: [".devcarry"]`; each script starts
 # from the repository root there).  Run here from the repository root after `make setup`:
-#   bash bench/device/make_bundle.sh && cp bench/device/*.sh .devcarry/
+#   bash bench/device/make_bundle.sh
+# and there, e.g.: bash bench/device/run_gpu_check.sh
 # * site/: the pure-Python dependencies the GPU image lacks (seqeval, pytorch-crf, tomli-w) and the offline
 #   encoder package without its weights; the weights travel as fp16 (44 MB; the carry limit is 64 MiB) and the
 #   scripts widen them back to fp32 there (the MiniLM weights are all within fp16's range: max |w| 7.9);

