@@ -84,7 +84,10 @@ def main(argv=None) -> int:
         args.model = os.path.abspath(args.model)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
     env["TOKENIZERS_PARALLELISM"] = "false"
-    path = lambda repo: os.pathsep.join([repo, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)  # noqa: E731
+
+    def path(repo: str) -> str:  # the checkout first, then what the caller had (carried packages)
+        return os.pathsep.join([repo, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     workers = [int(w) for w in args.host_workers.split(",") if w.strip()]
     batch_tokens = [int(b) for b in args.batch_tokens.split(",") if b.strip()]

@@ -114,20 +114,12 @@ def make_export(run_dir: str, steps: int) -> str:
 
 
 def load_sample(spec: str, tmp: str) -> tuple[str, list, str]:
+    import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
     path, _, rows = spec.partition(":")
-    pf = pq.ParquetFile(path)
-    rows = int(rows) if rows else pf.metadata.num_rows
-    batches, n = [], 0
-    for b in pf.iter_batches(batch_size=min(rows, 65536)):
-        batches.append(b.slice(0, rows - n))
-        n += batches[-1].num_rows
-        if n >= rows:
-            break
-    import pyarrow as pa
-
-    table = pa.Table.from_batches(batches)
+    rows = int(rows) if rows else pq.ParquetFile(path).metadata.num_rows
+    table = ds.dataset(path).head(rows)  # reads only the rows it needs
     out = os.path.join(tmp, f"{Path(path).stem}_{rows}.parquet")
     pq.write_table(table, out)
     return out, table.column("text").to_pylist(), Path(path).stem

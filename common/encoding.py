@@ -246,24 +246,9 @@ class PieceWindower:
             for wi, (a, b) in enumerate(windows):
                 if not any(owners[w] == wi for w in range(a, b)):
                     continue  # predicts no word (its words are more central elsewhere): all -100, skip it
-                ids: list[int] = []
-                labels: list[int] = []
-                casing: list[int] = []
-                word_index: list[int] = []
-                scored: list[int] = []
-                for w in range(a, b):
-                    wp = pieces[si][w][:budget]
-                    owned = owners[w] == wi
-                    ids.extend(wp)
-                    casing.extend([casings[si][w]] * len(wp))
-                    word_index.append(w if owned else -1)
-                    word_index.extend([-1] * (len(wp) - 1))
-                    scored.append(int(owned))
-                    scored.extend([int(owned and self.label_all_pieces)] * (len(wp) - 1))
-                    if tags is not None and owned:
-                        labels.extend(align_labels([tags[w]], [len(wp)], self.label_to_id, self.label_all_pieces))
-                    else:
-                        labels.extend([IGNORE_INDEX] * len(wp))
+                ids, labels, casing, word_index, scored = self._window_body(
+                    (pieces[si][w][:budget], casings[si][w], w if owners[w] == wi else -1,
+                     None if tags is None else tags[w]) for w in range(a, b))
                 room = budget - len(ids)
                 if self.context_pieces > 0 and room > 0:
                     left, left_case = self._context(sentences, pieces, casings, si, -1, min(self.context_pieces, room // 2 + room % 2))
@@ -277,32 +262,39 @@ class PieceWindower:
                 out.append(self._wrap(si, ids, labels, casing, word_index, scored))
         return out
 
-    def _packed_window(self, sentences, pieces, casings, pack, with_labels) -> EncodedWindow:
-        """One window holding whole sentences ``pack`` (consecutive, one document), every word owned."""
+    def _window_body(self, words):
+        """Pieces, labels, casing, word_index and scored flags of a window's words, each given as (its pieces,
+        its casing class, its word_index or -1 when another window owns it, its tag or None)."""
         ids: list[int] = []
         labels: list[int] = []
         casing: list[int] = []
         word_index: list[int] = []
         scored: list[int] = []
-        words_before = 0  # words of the pack's earlier sentences: word_index counts on through the pack
-        for si in pack:
-            sent = sentences[si]
-            if with_labels and sent.tags is None:
-                raise ValueError(f"sentence {sent.index} has no tags")
-            for w, wp in enumerate(pieces[si]):
-                ids.extend(wp)
-                casing.extend([casings[si][w]] * len(wp))
-                word_index.append(words_before + w)
-                word_index.extend([-1] * (len(wp) - 1))
-                scored.append(1)
-                scored.extend([int(self.label_all_pieces)] * (len(wp) - 1))
-            if with_labels:
-                labels.extend(align_labels(sent.tags, [len(wp) for wp in pieces[si]], self.label_to_id,
-                                           self.label_all_pieces))
+        for wp, case, index, tag in words:
+            owned = index >= 0
+            ids.extend(wp)
+            casing.extend([case] * len(wp))
+            word_index.append(index)
+            word_index.extend([-1] * (len(wp) - 1))
+            scored.append(int(owned))
+            scored.extend([int(owned and self.label_all_pieces)] * (len(wp) - 1))
+            if tag is not None and owned:
+                labels.extend(align_labels([tag], [len(wp)], self.label_to_id, self.label_all_pieces))
             else:
-                labels.extend([IGNORE_INDEX] * sum(len(wp) for wp in pieces[si]))
-            words_before += len(pieces[si])
-        return self._wrap(pack[0], ids, labels, casing, word_index, scored)
+                labels.extend([IGNORE_INDEX] * len(wp))
+        return ids, labels, casing, word_index, scored
+
+    def _packed_window(self, sentences, pieces, casings, pack, with_labels) -> EncodedWindow:
+        """One window holding whole sentences ``pack`` (consecutive, one document), every word owned;
+        ``word_index`` counts on through the pack's sentences."""
+        first = [0]
+        for si in pack:
+            if with_labels and sentences[si].tags is None:
+                raise ValueError(f"sentence {sentences[si].index} has no tags")
+            first.append(first[-1] + len(pieces[si]))
+        body = self._window_body((wp, casings[si][w], first[k] + w, sentences[si].tags[w] if with_labels else None)
+                                 for k, si in enumerate(pack) for w, wp in enumerate(pieces[si]))
+        return self._wrap(pack[0], *body)
 
     def _context(self, sentences, pieces, casings, si, direction, limit):
         """Up to ``limit`` pieces of the same document before (-1) or after (+1) sentence ``si``."""

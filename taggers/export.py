@@ -55,7 +55,7 @@ def make_windower(mcfg: ModelConfig, labels, tokenizer, model: TaggerBase) -> Pi
     if model.max_positions:
         max_length = min(max_length, model.max_positions)
     return PieceWindower(tokenizer, labels, max_length, mcfg.label_all_pieces, mcfg.context_pieces,
-                         pack_pieces=min(mcfg.pack_pieces, max_length))
+                         pack_pieces=mcfg.pack_pieces)
 
 
 def weights_checksum(path: str) -> str:

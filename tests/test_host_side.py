@@ -66,18 +66,11 @@ def build_export(root: Path, layers: int = 1, hidden: int = 32, max_positions: i
 
 
 def sample_file(corpus: str, rows: int, out_dir: Path) -> Path:
-    import pyarrow as pa
+    import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(SHARED_CORPUS / f"{corpus}.parquet")
-    batches, n = [], 0
-    for b in pf.iter_batches(batch_size=min(rows, 8192)):
-        batches.append(b.slice(0, rows - n))
-        n += batches[-1].num_rows
-        if n >= rows:
-            break
     out = out_dir / f"{corpus}.parquet"
-    pq.write_table(pa.Table.from_batches(batches), out)
+    pq.write_table(ds.dataset(SHARED_CORPUS / f"{corpus}.parquet").head(rows), out)  # reads only the rows it needs
     return out
 
 
