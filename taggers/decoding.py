@@ -1,5 +1,5 @@
-"""Decoding under IOB2 constraints: a CRF whose transitions forbid invalid moves, and a
-constrained Viterbi over per-piece probabilities for taggers without a CRF."""
+"""Decoding under IOB2 constraints: a CRF whose transitions forbid invalid moves, and one Viterbi that
+decodes both the CRF and the per-piece probabilities of taggers without a CRF."""
 
 from __future__ import annotations
 
@@ -25,14 +25,20 @@ def iob2_allowed(labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return trans, start
 
 
+def iob2_penalties(labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores added to transitions (from, to) and to start tags: 0 where IOB2 allows the move, -10000 where not."""
+    trans, start = iob2_allowed(labels)
+    return (~trans).float() * -10000.0, (~start).float() * -10000.0
+
+
 class ConstrainedCRF(CRF):
     """pytorch-crf's CRF whose transitions forbid invalid IOB2 moves (scores -10000)."""
 
     def __init__(self, labels: list[str]):
         super().__init__(len(labels), batch_first=True)
-        trans, start = iob2_allowed(labels)
-        self.register_buffer("transition_penalty", (~trans).float() * -10000.0, persistent=False)
-        self.register_buffer("start_penalty", (~start).float() * -10000.0, persistent=False)
+        transition_penalty, start_penalty = iob2_penalties(labels)
+        self.register_buffer("transition_penalty", transition_penalty, persistent=False)
+        self.register_buffer("start_penalty", start_penalty, persistent=False)
 
     def reset_parameters(self) -> None:
         for name in ("start_transitions", "end_transitions", "transitions"):
@@ -72,34 +78,36 @@ def compact(mask: torch.Tensor):
     return order, valid
 
 
-def constrained_viterbi(log_probs, mask, allowed, start_allowed) -> list[list[int]]:
-    """Best tag path per row under IOB2 constraints, from per-position log-probabilities.
+def viterbi(scores, mask, transitions, start, end=None) -> np.ndarray:
+    """Best tag path per row: [n, steps] (positions past a row's length repeat its last tag).
 
-    ``log_probs`` [B, S, C] and ``mask`` [B, S] are left-aligned (valid positions first);
-    tensors or arrays.  Used by taggers without a CRF so that decoding never produces an
-    ``I-X`` that no ``B-X``/``I-X`` precedes.  In numpy: a per-position loop of small
-    torch ops is several times slower on a CPU.
+    ``scores`` [n, steps, C] (emissions, or log-probabilities) and ``mask`` [n, steps] are left-aligned
+    (valid positions first); ``transitions`` [C, C] (from, to), ``start`` and ``end`` [C] are added scores,
+    as in a linear-chain CRF (-10000 forbids a move).  Serves both the CRF's decoding and the IOB2-constrained
+    best path of taggers without one.  In numpy with a vectorised backtrace: a per-position loop of small
+    torch ops is several times slower on a CPU, and pytorch-crf's per-row backtrace reads every tag with
+    ``.item()`` (a device sync each on a GPU).
     """
-    as_np = (lambda x: x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
-    log_probs, mask, allowed, start_allowed = map(as_np, (log_probs, mask, allowed, start_allowed))
-    n, steps, c = log_probs.shape
-    penalty = np.where(allowed, 0.0, -10000.0).astype(np.float32)
-    score = log_probs[:, 0] + np.where(start_allowed, 0.0, -10000.0).astype(np.float32)
+    as_np = (lambda x: x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
+    scores, mask, transitions, start = map(as_np, (scores, mask, transitions, start))
+    n, steps, c = scores.shape
+    score = scores[:, 0] + start
     ident = np.broadcast_to(np.arange(c), (n, c))
     history = np.empty((n, steps, c), dtype=np.int64)
     history[:, 0] = ident
     for t in range(1, steps):
-        cand = score[:, :, None] + penalty[None]  # [n, from, to]
+        cand = score[:, :, None] + transitions[None]  # [n, from, to]
         idx = cand.argmax(1)
         best = np.take_along_axis(cand, idx[:, None, :], 1)[:, 0]
         m = mask[:, t, None]
-        score = np.where(m, best + log_probs[:, t], score)
+        score = np.where(m, best + scores[:, t], score)
         history[:, t] = np.where(m, idx, ident)
+    if end is not None:
+        score = score + as_np(end)
     last = score.argmax(-1)
     path = np.empty((n, steps), dtype=np.int64)
     path[:, -1] = last
     for t in range(steps - 1, 0, -1):
         last = history[np.arange(n), t, last]
         path[:, t - 1] = last
-    lengths = mask.sum(1)
-    return [path[b, :k].tolist() for b, k in enumerate(lengths)]
+    return path

@@ -15,7 +15,7 @@ from torch import nn
 from common.encoding import CASING_CLASSES, IGNORE_INDEX
 
 from .config import ModelConfig
-from .decoding import ConstrainedCRF, compact, constrained_viterbi, iob2_allowed
+from .decoding import ConstrainedCRF, compact, iob2_allowed, iob2_penalties, viterbi
 
 WEIGHTS = "model.safetensors"
 
@@ -59,6 +59,9 @@ class TaggerBase(nn.Module):
         allowed, start_allowed = iob2_allowed(self.labels)
         self.register_buffer("allowed_transitions", allowed, persistent=False)
         self.register_buffer("allowed_starts", start_allowed, persistent=False)
+        transition_penalty, start_penalty = iob2_penalties(self.labels)
+        self.register_buffer("transition_penalty", transition_penalty, persistent=False)
+        self.register_buffer("start_penalty", start_penalty, persistent=False)
         self.use_casing = use_casing
         self.casing = nn.Embedding(len(CASING_CLASSES), casing_dim, padding_idx=0) if use_casing else None
         in_dim = feature_dim + (casing_dim if use_casing else 0)
@@ -155,14 +158,17 @@ class TaggerBase(nn.Module):
             bad = (~starts[seq[:, 0]] & valid[:, 0]) | (~allowed[seq[:, :-1], seq[:, 1:]] & valid[:, 1:]).any(1)
             rows = (bad & keep).nonzero().flatten()
         if len(rows):
-            em = logits[rows].gather(1, order[rows][..., None].expand(-1, -1, logits.size(-1)))
+            sub_order, sub_valid = order[rows], valid[rows]
+            em = logits[rows].gather(1, sub_order[..., None].expand(-1, -1, logits.size(-1)))
             if self.crf is not None:
-                paths = self.crf.decode(em, mask=valid[rows])
+                path = viterbi(em, sub_valid, self.crf.transitions, self.crf.start_transitions,
+                               self.crf.end_transitions)
             else:
-                paths = constrained_viterbi(em.log_softmax(-1), valid[rows], self.allowed_transitions,
-                                            self.allowed_starts)
-            for r, path in zip(rows.tolist(), paths):
-                pred[r, order[r, :len(path)]] = torch.as_tensor(path, device=pred.device)
+                path = viterbi(em.log_softmax(-1), sub_valid, self.transition_penalty, self.start_penalty)
+            # one scatter for all rows: the path where a row is scored, its argmax elsewhere
+            path = torch.as_tensor(path, device=pred.device)
+            sub_pred = pred[rows]
+            pred[rows] = sub_pred.scatter(1, sub_order, torch.where(sub_valid, path, sub_pred.gather(1, sub_order)))
         return pred, probs.gather(-1, pred[..., None]).squeeze(-1)
 
 

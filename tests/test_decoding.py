@@ -1,0 +1,73 @@
+"""Decoding: one Viterbi serves the CRF and the IOB2-constrained best path of taggers without one."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from taggers.decoding import ConstrainedCRF, compact, iob2_penalties, viterbi
+
+LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def test_constrained_viterbi_known_answer():
+    """The argmax path O I-PER I-PER breaks IOB2; the best valid path turns the first I-PER into B-PER."""
+    probs = np.array([[[0.8, 0.1, 0.1, 0.0, 0.0],
+                       [0.1, 0.3, 0.6, 0.0, 0.0],
+                       [0.1, 0.1, 0.8, 0.0, 0.0]]], dtype=np.float32)
+    transitions, start = iob2_penalties(LABELS)
+    path = viterbi(np.log(probs + 1e-9), np.ones((1, 3), dtype=bool), transitions, start)
+    assert path.tolist() == [[0, 1, 2]]
+
+
+def test_viterbi_start_penalty_and_masked_tail():
+    """An I- tag cannot start a row; positions past a row's length repeat its last tag."""
+    scores = np.log(np.array([[[0.1, 0.2, 0.7, 0.0, 0.0], [0.1, 0.1, 0.8, 0.0, 0.0], [1, 0, 0, 0, 0]]],
+                             dtype=np.float32) + 1e-9)
+    transitions, start = iob2_penalties(LABELS)
+    path = viterbi(scores, np.array([[True, True, False]]), transitions, start)
+    assert path.tolist() == [[1, 2, 2]]
+
+
+def test_viterbi_equals_pytorch_crf_decode():
+    """On a CRF with trained-looking (random) transitions: the same paths as pytorch-crf's own decode."""
+    torch.manual_seed(0)
+    crf = ConstrainedCRF(LABELS)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_(0, 2.0)
+    emissions = torch.randn(64, 12, len(LABELS)) * 3
+    lengths = torch.randint(1, 13, (64,))
+    mask = torch.arange(12)[None] < lengths[:, None]
+    theirs = crf.decode(emissions, mask=mask)
+    ours = viterbi(emissions, mask, crf.transitions, crf.start_transitions, crf.end_transitions)
+    assert [ours[b, :n].tolist() for b, n in enumerate(lengths.tolist())] == theirs
+
+
+def test_crf_tagger_decode_scatters_paths_to_scored_pieces():
+    """``TaggerBase.decode`` with a CRF: each row's Viterbi path lands on its scored pieces in order; the
+    unscored pieces keep their argmax."""
+    from taggers.models import BiLSTMTagger
+
+    torch.manual_seed(0)
+    model = BiLSTMTagger(LABELS, vocab_size=50, embedding_dim=8, lstm_hidden=8, lstm_layers=1, use_casing=False,
+                         use_crf=True, dropout=0.0).eval()
+    with torch.no_grad():
+        for p in model.crf.parameters():
+            p.normal_(0, 2.0)
+    logits = torch.randn(3, 7, len(LABELS)) * 3
+    scored = torch.tensor([[0, 1, 1, 0, 1, 1, 0], [0, 1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    pred, prob = model.decode({"scored": scored}, {"logits": logits})
+    for r in range(3):
+        cols = scored[r].nonzero().flatten()
+        if len(cols):
+            assert pred[r, cols].tolist() == model.crf.decode(logits[r:r + 1, cols])[0]
+        other = ~scored[r]
+        assert torch.equal(pred[r, other], logits[r, other].argmax(-1))
+    assert torch.allclose(prob, logits.softmax(-1).gather(-1, pred[..., None]).squeeze(-1))
+
+
+def test_compact_moves_true_positions_left():
+    order, valid = compact(torch.tensor([[False, True, False, True], [True, False, False, False]]))
+    assert order[0, :2].tolist() == [1, 3] and order[1, :1].tolist() == [0]
+    assert valid.tolist() == [[True, True], [True, False]]
