@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from .encoding import CASE_PAD, IGNORE_INDEX, EncodedWindow
@@ -132,6 +133,13 @@ def collate_windows(windows: Sequence[EncodedWindow], pad_id: int = 0) -> dict[s
         casing[r, :k] = torch.tensor(w.casing)
         word_index[r, :k] = torch.tensor(w.word_index)
         scored[r, :k] = torch.tensor(w.scored, dtype=torch.bool)
+    taught = [r for r, w in enumerate(windows) if w.soft is not None]
+    extra = {}
+    if taught:  # distillation: the teacher's probabilities per piece (zeros where a piece is not taught)
+        soft = torch.zeros(*size, windows[taught[0]].soft.shape[1], dtype=torch.float32)
+        for r in taught:
+            soft[r, :len(windows[r])] = torch.from_numpy(windows[r].soft.astype(np.float32))
+        extra["soft_labels"] = soft
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -140,4 +148,5 @@ def collate_windows(windows: Sequence[EncodedWindow], pad_id: int = 0) -> dict[s
         "word_index": word_index,
         "scored": scored,
         "sentence": torch.tensor([w.sentence for w in windows], dtype=torch.long),
+        **extra,
     }

@@ -18,6 +18,9 @@ Conventions (the same everywhere in the project):
   context on both sides), only owned words are labelled and predicted;
 * optional document context (FLERT): pieces of the neighbouring sentences of
   the same document are added left and right as unlabelled context;
+* distillation: a sentence without tags may carry its teacher's word probabilities (``extra["soft"]``,
+  [words, labels]); its first pieces get them, its continuation pieces the same with ``B-X`` moved to
+  ``I-X`` (the tag rule above), as ``EncodedWindow.soft``;
 * optional document packing: consecutive sentences of one document that fit
   together share one window, each of them labelled and predicted there (its
   neighbours are its context, at no extra compute per labelled piece).  A
@@ -31,6 +34,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 from typing import Sequence
+
+import numpy as np
 
 from .data import OUTSIDE, Sentence, split_tag
 
@@ -74,6 +79,9 @@ class EncodedWindow:
     casing: list[int]
     word_index: list[int]
     scored: list[int]
+    soft: np.ndarray | None = None
+    """Distillation: float16 [pieces, labels], the teacher's probabilities where a piece is taught (rows of
+    zeros elsewhere); None in windows of labelled sentences."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -137,6 +145,11 @@ def plan_packs(docs: Sequence, piece_counts: Sequence[int], budget: int) -> list
     return packs
 
 
+def _pad_rows(rows: np.ndarray, before: int, after: int) -> np.ndarray:
+    """Rows of zeros before and after (the pieces of context and special tokens are not taught)."""
+    return np.pad(rows, ((before, after), (0, 0)))
+
+
 def assign_owners(windows: Sequence[tuple[int, int]], n_words: int) -> list[int]:
     """For each word, the window that predicts it: the one where it is most central."""
     owner = [-1] * n_words
@@ -184,6 +197,12 @@ class PieceWindower:
         self.tokenizer = tokenizer
         self.labels = list(labels)
         self.label_to_id = {t: i for i, t in enumerate(self.labels)}
+        # a teacher's word distribution -> its continuation pieces' distribution: B-X's mass goes to I-X
+        self.continuation = np.eye(len(self.labels), dtype=np.float32)
+        for i, tag in enumerate(self.labels):
+            prefix, etype = split_tag(tag)
+            if prefix == "B" and f"I-{etype}" in self.label_to_id:
+                self.continuation[i, i], self.continuation[i, self.label_to_id[f"I-{etype}"]] = 0.0, 1.0
         model_max = getattr(tokenizer, "model_max_length", max_length) or max_length
         self.max_length = min(max_length, model_max) if model_max < 1e6 else max_length
         self.label_all_pieces = label_all_pieces
@@ -240,15 +259,13 @@ class PieceWindower:
             counts = [min(len(p), budget) for p in pieces[si]]
             windows = plan_windows(counts, budget, self.window_stride)
             owners = assign_owners(windows, len(counts))
-            tags = sent.tags if with_labels else None
-            if with_labels and tags is None:
-                raise ValueError(f"sentence {sent.index} has no tags")
+            tags, soft = self._targets(sent, with_labels)
             for wi, (a, b) in enumerate(windows):
                 if not any(owners[w] == wi for w in range(a, b)):
                     continue  # predicts no word (its words are more central elsewhere): all -100, skip it
-                ids, labels, casing, word_index, scored = self._window_body(
+                ids, labels, casing, word_index, scored, taught = self._window_body(
                     (pieces[si][w][:budget], casings[si][w], w if owners[w] == wi else -1,
-                     None if tags is None else tags[w]) for w in range(a, b))
+                     None if tags is None else tags[w], None if soft is None else soft[w]) for w in range(a, b))
                 room = budget - len(ids)
                 if self.context_pieces > 0 and room > 0:
                     left, left_case = self._context(sentences, pieces, casings, si, -1, min(self.context_pieces, room // 2 + room % 2))
@@ -259,18 +276,21 @@ class PieceWindower:
                     labels = [IGNORE_INDEX] * n_left + labels + [IGNORE_INDEX] * n_right
                     word_index = [-1] * n_left + word_index + [-1] * n_right
                     scored = [0] * n_left + scored + [0] * n_right
-                out.append(self._wrap(si, ids, labels, casing, word_index, scored))
+                    taught = None if taught is None else _pad_rows(taught, n_left, n_right)
+                out.append(self._wrap(si, ids, labels, casing, word_index, scored, taught))
         return out
 
     def _window_body(self, words):
-        """Pieces, labels, casing, word_index and scored flags of a window's words, each given as (its pieces,
-        its casing class, its word_index or -1 when another window owns it, its tag or None)."""
+        """Pieces, labels, casing, word_index, scored flags and teacher probabilities (or None) of a window's
+        words, each given as (its pieces, its casing class, its word_index or -1 when another window owns it,
+        its tag or None, its teacher probabilities or None)."""
         ids: list[int] = []
         labels: list[int] = []
         casing: list[int] = []
         word_index: list[int] = []
         scored: list[int] = []
-        for wp, case, index, tag in words:
+        soft_rows: list[tuple[int, int, np.ndarray]] = []  # (first piece, pieces, word distribution)
+        for wp, case, index, tag, dist in words:
             owned = index >= 0
             ids.extend(wp)
             casing.extend([case] * len(wp))
@@ -278,23 +298,43 @@ class PieceWindower:
             word_index.extend([-1] * (len(wp) - 1))
             scored.append(int(owned))
             scored.extend([int(owned and self.label_all_pieces)] * (len(wp) - 1))
+            if dist is not None and owned:
+                soft_rows.append((len(ids) - len(wp), len(wp), dist))
             if tag is not None and owned:
                 labels.extend(align_labels([tag], [len(wp)], self.label_to_id, self.label_all_pieces))
             else:
                 labels.extend([IGNORE_INDEX] * len(wp))
-        return ids, labels, casing, word_index, scored
+        taught = None
+        if soft_rows:
+            taught = np.zeros((len(ids), len(self.labels)), dtype=np.float16)
+            for first, n, dist in soft_rows:
+                taught[first] = dist
+                if n > 1 and self.label_all_pieces:
+                    taught[first + 1:first + n] = dist.astype(np.float32) @ self.continuation
+        return ids, labels, casing, word_index, scored, taught
 
     def _packed_window(self, sentences, pieces, casings, pack, with_labels) -> EncodedWindow:
         """One window holding whole sentences ``pack`` (consecutive, one document), every word owned;
         ``word_index`` counts on through the pack's sentences."""
         first = [0]
+        targets = []
         for si in pack:
-            if with_labels and sentences[si].tags is None:
-                raise ValueError(f"sentence {sentences[si].index} has no tags")
+            targets.append(self._targets(sentences[si], with_labels))
             first.append(first[-1] + len(pieces[si]))
-        body = self._window_body((wp, casings[si][w], first[k] + w, sentences[si].tags[w] if with_labels else None)
-                                 for k, si in enumerate(pack) for w, wp in enumerate(pieces[si]))
+        body = self._window_body(
+            (wp, casings[si][w], first[k] + w, *(None if t is None else t[w] for t in targets[k]))
+            for k, si in enumerate(pack) for w, wp in enumerate(pieces[si]))
         return self._wrap(pack[0], *body)
+
+    @staticmethod
+    def _targets(sentence: Sentence, with_labels: bool):
+        """(tags, teacher word probabilities) of a sentence, each None when absent; one of them when labelled."""
+        if not with_labels:
+            return None, None
+        tags, soft = sentence.tags, sentence.extra.get("soft")
+        if tags is None and soft is None:
+            raise ValueError(f"sentence {sentence.index} has no tags")
+        return tags, soft
 
     def _context(self, sentences, pieces, casings, si, direction, limit):
         """Up to ``limit`` pieces of the same document before (-1) or after (+1) sentence ``si``."""
@@ -317,7 +357,7 @@ class PieceWindower:
             j += direction
         return ids, case
 
-    def _wrap(self, si, ids, labels, casing, word_index, scored) -> EncodedWindow:
+    def _wrap(self, si, ids, labels, casing, word_index, scored, taught=None) -> EncodedWindow:
         if self.cls_id is not None:
             ids = [self.cls_id] + ids
             labels = [IGNORE_INDEX] + labels
@@ -330,4 +370,6 @@ class PieceWindower:
             casing = casing + [CASE_PAD]
             word_index = word_index + [-1]
             scored = scored + [0]
-        return EncodedWindow(si, ids, labels, casing, word_index, scored)
+        if taught is not None:
+            taught = _pad_rows(taught, int(self.cls_id is not None), int(self.sep_id is not None))
+        return EncodedWindow(si, ids, labels, casing, word_index, scored, taught)

@@ -89,6 +89,9 @@ def parse_args(argv=None):
     p.add_argument("--host-workers", type=_at_least(0, " (0: a thread of this process)"), default=None,
                    help="worker processes that prepare batches (words, pieces, windows) for the model; default: "
                         "NER_TAG_HOST_WORKERS, else 0 (a thread of this process)")
+    p.add_argument("--word-probs", action="store_true",
+                   help="also write each row's words and every word's probabilities over the labels (columns "
+                        "words, word_probs): a teacher's output for distillation (training's data.teacher)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
@@ -114,7 +117,8 @@ def main(argv=None) -> int:
         device=args.device, precision=args.precision, overwrite=args.overwrite, num_shards=args.num_shards,
         shard_index=args.shard_index, rows_per_part=args.rows_per_part, buffer_rows=args.buffer_rows,
         buffer_chars=args.buffer_chars, chunking=args.chunking, chunk_pieces=args.chunk_pieces,
-        threads=args.threads, host_workers=args.host_workers, progress=not args.no_progress)
+        threads=args.threads, host_workers=args.host_workers, word_probs=args.word_probs,
+        progress=not args.no_progress)
     try:
         summary = run(opts)
     except (InputError, OutputError, ExportError, ValueError) as e:

@@ -34,6 +34,7 @@ One process (or each torchrun rank / SLURM array task) does:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -47,6 +48,7 @@ import torch
 
 from common import distributed
 from common.io import write_json
+from common.teacher import TEACHER_LABELS_KEY
 
 from . import output as out_utils
 from .sources import InputError, discover, plan_parts, read_buffers
@@ -55,7 +57,7 @@ from taggers.precision import resolve_precision
 
 from .host_workers import HostWorkers
 from .memory import bound_malloc, trim_malloc
-from .tagger import ENTITIES_TYPE, TextTagger
+from .tagger import ENTITIES_TYPE, WORDS_TYPE, TextTagger, word_probs_type
 
 log = logging.getLogger("infer")
 
@@ -87,6 +89,9 @@ class TagOptions:
     progress: bool = True
     host_workers: int | None = None
     """Worker processes for the CPU side (None: ``NER_TAG_HOST_WORKERS``, else 0; see host_workers)."""
+    word_probs: bool = False
+    """Also write each row's ``words`` and every word's probabilities over the labels (``word_probs``; the
+    labels in the schema metadata): a teacher's output, read by training's ``data.teacher``."""
 
 
 def carried_columns(opts: TagOptions) -> list[str] | None:
@@ -263,7 +268,7 @@ def _run(opts: TagOptions, info, t0: float) -> dict:
     files = [{"path": os.path.abspath(s.path), "size": os.path.getsize(s.path), "rows": s.num_rows}
              for s in sources]
     input_options = {"text_column": opts.text_column, "columns": columns, "rows_per_part": opts.rows_per_part,
-                     "chunking": opts.chunking, "chunk_pieces": opts.chunk_pieces}
+                     "chunking": opts.chunking, "chunk_pieces": opts.chunk_pieces, "word_probs": opts.word_probs}
     precision = resolve_precision(opts.precision, info.device)  # "auto" and what it resolves to are the same
     run_info = {
         "format": out_utils.RUN_FORMAT, "tool": "ner-tag",
@@ -302,7 +307,10 @@ def _run(opts: TagOptions, info, t0: float) -> dict:
 def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, show: bool, total_rows: int):
     from tqdm import tqdm
 
-    schema = pa.schema([sources[0].schema.field(c) for c in columns] + [pa.field("entities", ENTITIES_TYPE)])
+    fields = [sources[0].schema.field(c) for c in columns] + [pa.field("entities", ENTITIES_TYPE)]
+    if opts.word_probs:
+        fields += [pa.field("words", WORDS_TYPE), pa.field("word_probs", word_probs_type(len(tagger.labels)))]
+    schema = pa.schema(fields, metadata={TEACHER_LABELS_KEY: json.dumps(tagger.labels)} if opts.word_probs else None)
     n_workers = host_workers(opts)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer gets no cores of its own
     workers = HostWorkers(tagger.encoder, n_workers) if n_workers else None
@@ -342,8 +350,10 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
             if workers is not None:
                 ticket, texts = prep
                 prep = tagger.attach(workers.result(ticket), texts)
-            tagged = tagger.run(prep)
+            tagged = tagger.run(prep, opts.word_probs)
             arrays = [table.column(c) for c in columns] + [tagged.to_arrow()]
+            if opts.word_probs:
+                arrays += [tagged.words, tagged.word_probs]
             writer.write(pa.Table.from_arrays(arrays, schema=schema))
             counts = tagged.counts()
             rows_done = prep.num_rows

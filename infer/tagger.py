@@ -62,6 +62,11 @@ ENTITY_STRUCT = pa.struct([
     pa.field("score", pa.float32()),
 ])
 ENTITIES_TYPE = pa.list_(pa.field("item", ENTITY_STRUCT))
+WORDS_TYPE = pa.list_(pa.string())
+
+
+def word_probs_type(num_labels: int) -> pa.DataType:
+    return pa.list_(pa.list_(pa.float32(), num_labels))
 
 # batch keys the models read (labels are left out: no loss at inference)
 _MODEL_KEYS = ("input_ids", "attention_mask", "casing", "word_index", "scored", "sentence")
@@ -78,6 +83,10 @@ class Tagged:
     text: pa.Array  # string [entities]
     score: np.ndarray  # float32 [entities]
     num_words: int = 0
+    words: pa.Array | None = None
+    """With ``word_probs``: ``list<string>`` per row, the row's words (what a student trains on)."""
+    word_probs: pa.Array | None = None
+    """With ``word_probs``: ``list<fixed_size_list<float32, labels>>`` per row, each word's probabilities."""
 
     def to_arrow(self) -> pa.Array:
         """``list<struct<start, end, label, text, score>>``, one list per row."""
@@ -208,21 +217,35 @@ class TextTagger:
     # ------------------------------------------------------------------ model side
     def predict(self, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:
         """Per-word (label id, probability) over the buffer's flat word list."""
+        flat = self._predict(prep)
+        return flat.label_ids, flat.probs
+
+    def _predict(self, prep: Prepared, distributions: bool = False):
         import torch
 
         from taggers.predict import predict_batches
 
         flat = predict_batches(self.model, prep.batches, torch.from_numpy(prep.chunk_first_word), prep.num_words,
-                               self.device, self.precision)
+                               self.device, self.precision, distributions)
         if prep.num_words and flat.label_ids.min() < 0:
             missing = int((flat.label_ids < 0).sum())
             raise AssertionError(f"{missing} words got no prediction (windows do not cover every word)")
-        return flat.label_ids, flat.probs
+        return flat
 
-    def run(self, prep: Prepared) -> Tagged:
-        """Entities of every text of the buffer, in order."""
-        preds, probs = self.predict(prep)
-        return self.spans(prep, preds, probs)
+    def run(self, prep: Prepared, word_probs: bool = False) -> Tagged:
+        """Entities of every text of the buffer, in order; with ``word_probs`` also every row's words and each
+        word's probabilities over the labels (a teacher's output for distillation)."""
+        flat = self._predict(prep, word_probs)
+        tagged = self.spans(prep, flat.label_ids, flat.probs)
+        if word_probs:
+            rf = pa.array(prep.row_first_word.astype(np.int32))
+            word_row = np.repeat(np.arange(prep.num_rows), np.diff(prep.row_first_word))
+            words = _substrings(prep.texts, word_row, prep.word_start, prep.word_end)
+            tagged.words = pa.ListArray.from_arrays(rf, words, type=WORDS_TYPE)
+            dists = pa.FixedSizeListArray.from_arrays(pa.array(flat.distributions.ravel(), pa.float32()),
+                                                      len(self.labels))
+            tagged.word_probs = pa.ListArray.from_arrays(rf, dists, type=word_probs_type(len(self.labels)))
+        return tagged
 
     def spans(self, prep: Prepared, preds: np.ndarray, probs: np.ndarray) -> Tagged:
         """Word predictions to entities: spans, character offsets, texts and scores as Arrow columns."""

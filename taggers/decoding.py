@@ -68,6 +68,27 @@ class ConstrainedCRF(CRF):
         self._parameters["start_transitions"] = value
 
 
+def crf_marginals(emissions: torch.Tensor, mask: torch.Tensor, transitions: torch.Tensor, start: torch.Tensor,
+                  end: torch.Tensor) -> torch.Tensor:
+    """Each position's posterior probabilities over the tags under a linear-chain CRF (forward-backward in log
+    space): [n, steps, C] from left-aligned ``emissions`` [n, steps, C] and ``mask`` [n, steps]; rows of at
+    least one position; positions past a row's length are undefined.  A CRF tagger's per-piece softmax ignores
+    its transitions (its argmax breaks with the Viterbi path on about a quarter of the entities of the BERT
+    recipe's export); these marginals are what the CRF believes, so they are what it teaches."""
+    emissions, transitions = emissions.float(), transitions.float()
+    n, steps, _ = emissions.shape
+    alpha = [start + emissions[:, 0]]
+    for t in range(1, steps):
+        nxt = torch.logsumexp(alpha[-1][:, :, None] + transitions[None], dim=1) + emissions[:, t]
+        alpha.append(torch.where(mask[:, t, None], nxt, alpha[-1]))
+    beta = [end.expand(n, -1)]
+    for t in range(steps - 2, -1, -1):  # beta[t]: scores after position t (the end score past a row's last)
+        nxt = torch.logsumexp(transitions[None] + (emissions[:, t + 1] + beta[0])[:, None, :], dim=2)
+        beta.insert(0, torch.where(mask[:, t + 1, None], nxt, end.expand(n, -1)))
+    scores = torch.stack(alpha, 1) + torch.stack(beta, 1)
+    return (scores - torch.logsumexp(scores[:, :1], dim=-1, keepdim=True)).exp()
+
+
 def compact(mask: torch.Tensor):
     """Indices that move the True positions of each row to the left: (index [B, S], valid [B, S])."""
     counts = mask.sum(1)

@@ -168,8 +168,12 @@ class HFTokenClassifier(nn.Module):
     @torch.no_grad()
     def decode(self, batch, outputs):
         """Per-piece (argmax class, its softmax probability)."""
-        prob, pred = outputs["logits"].float().softmax(-1).max(-1)
+        prob, pred = self.piece_distributions(batch, outputs).max(-1)
         return pred, prob
+
+    def piece_distributions(self, batch, outputs) -> torch.Tensor:
+        """Per-piece softmax probabilities [B, T, C]."""
+        return outputs["logits"].float().softmax(-1)
 
     def vocab_size(self) -> int:
         return self.hf_model.get_input_embeddings().num_embeddings

@@ -15,7 +15,7 @@ from torch import nn
 from common.encoding import CASING_CLASSES, IGNORE_INDEX
 
 from .config import ModelConfig
-from .decoding import ConstrainedCRF, compact, iob2_allowed, iob2_penalties, viterbi
+from .decoding import ConstrainedCRF, compact, crf_marginals, iob2_allowed, iob2_penalties, viterbi
 
 WEIGHTS = "model.safetensors"
 
@@ -118,12 +118,24 @@ class TaggerBase(nn.Module):
         if self.casing is not None:
             features = torch.cat([features, self.casing(batch["casing"]).to(features.dtype)], dim=-1)
         logits = self.classifier(self.dropout(features))
-        loss = None
-        labels = batch.get("labels")
-        if labels is not None and bool((labels != IGNORE_INDEX).any()):
-            loss = self._crf_loss(logits, labels) if self.crf is not None else nn.functional.cross_entropy(
+        return {"loss": self.loss(logits, batch), "logits": logits}
+
+    def loss(self, logits, batch):
+        """Mean loss per trained piece (None when the batch trains none): gold ``labels`` (cross-entropy, or
+        the CRF's negative log-likelihood) and teacher distributions ``soft_labels`` (distillation: the
+        cross-entropy against the teacher's probabilities, on the per-piece softmax, with or without a CRF)."""
+        labels, soft = batch.get("labels"), batch.get("soft_labels")
+        hard_n = int((labels != IGNORE_INDEX).sum()) if labels is not None else 0
+        hard = None
+        if hard_n:
+            hard = self._crf_loss(logits, labels) if self.crf is not None else nn.functional.cross_entropy(
                 logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
-        return {"loss": loss, "logits": logits}
+        taught = soft.sum(-1) > 0 if soft is not None else None
+        soft_n = int(taught.sum()) if taught is not None else 0
+        if not soft_n:
+            return hard
+        soft_sum = -(soft[taught] * logits[taught].float().log_softmax(-1)).sum()
+        return (soft_sum + (hard * hard_n if hard_n else 0.0)) / (hard_n + soft_n)
 
     def _crf_loss(self, logits, labels):
         order, valid = compact(labels != IGNORE_INDEX)
@@ -132,6 +144,23 @@ class TaggerBase(nn.Module):
         keep = valid[:, 0]  # rows with at least one labelled piece
         nll = -self.crf(em[keep], tags[keep], mask=valid[keep], reduction="sum")
         return nll / valid.sum()
+
+    def piece_distributions(self, batch, outputs) -> torch.Tensor:
+        """Per-piece probabilities over the labels [B, T, C], what a teacher teaches (distillation): the
+        softmax, or with a CRF its posterior marginals over each window's scored pieces."""
+        logits = outputs["logits"].float()
+        probs = logits.softmax(-1)
+        if self.crf is None:
+            return probs
+        order, valid = compact(batch["scored"])
+        rows = valid[:, 0].nonzero().flatten()
+        if len(rows):
+            sub_order, sub_valid = order[rows][..., None].expand(-1, -1, logits.size(-1)), valid[rows, :, None]
+            marginals = crf_marginals(logits[rows].gather(1, sub_order), valid[rows], self.crf.transitions,
+                                      self.crf.start_transitions, self.crf.end_transitions)
+            sub = probs[rows]
+            probs[rows] = sub.scatter(1, sub_order, torch.where(sub_valid, marginals, sub.gather(1, sub_order)))
+        return probs
 
     @torch.no_grad()
     def decode(self, batch, outputs):

@@ -33,6 +33,8 @@ class FlatPredictions:
     correct_pieces: int = 0
     labelled_pieces: int = 0
     """Piece-level token-accuracy counts over the batches that carry labels."""
+    distributions: np.ndarray | None = None
+    """float32 [words, labels]: each word's probabilities over the labels, from its first piece (when asked)."""
 
 
 @dataclass
@@ -55,8 +57,10 @@ class WordPredictions:
 
 @torch.inference_mode()
 def predict_batches(model, batches: Iterable[dict[str, torch.Tensor]], sentence_first_word: torch.Tensor,
-                    num_words: int, device: torch.device, precision: str = "fp32") -> FlatPredictions:
-    """Run ``model`` over collated ``batches``; word ``w`` of sentence ``s`` lands at ``sentence_first_word[s] + w``."""
+                    num_words: int, device: torch.device, precision: str = "fp32",
+                    distributions: bool = False) -> FlatPredictions:
+    """Run ``model`` over collated ``batches``; word ``w`` of sentence ``s`` lands at ``sentence_first_word[s] + w``.
+    With ``distributions``, also each word's probabilities over all labels (a teacher's signal)."""
     was_training = model.training
     model.eval()
     # one slot more than there are words: pieces that own no word are written there, so the scatter needs no
@@ -66,6 +70,8 @@ def predict_batches(model, batches: Iterable[dict[str, torch.Tensor]], sentence_
     first_word = sentence_first_word.to(device, non_blocking=True)
     correct = torch.zeros((), dtype=torch.long, device=device)
     labelled = torch.zeros((), dtype=torch.long, device=device)
+    dists = (torch.zeros((num_words + 1, len(model.labels)), dtype=torch.float32, device=device) if distributions
+             else None)
     for cpu_batch in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
         with autocast(device, precision):
@@ -79,8 +85,11 @@ def predict_batches(model, batches: Iterable[dict[str, torch.Tensor]], sentence_
         flat = torch.where(word_index >= 0, first_word[batch["sentence"]][:, None] + word_index, num_words)
         label_ids[flat] = pred
         probs[flat] = prob.float()
+        if dists is not None:
+            dists[flat] = model.piece_distributions(batch, outputs)
     model.train(was_training)
-    return FlatPredictions(label_ids[:-1].cpu().numpy(), probs[:-1].cpu().numpy(), int(correct), int(labelled))
+    return FlatPredictions(label_ids[:-1].cpu().numpy(), probs[:-1].cpu().numpy(), int(correct), int(labelled),
+                           None if dists is None else dists[:-1].cpu().numpy())
 
 
 def predict_windows(model, windows: Sequence[EncodedWindow], sentence_lengths: Sequence[int],

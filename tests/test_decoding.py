@@ -71,3 +71,49 @@ def test_compact_moves_true_positions_left():
     order, valid = compact(torch.tensor([[False, True, False, True], [True, False, False, False]]))
     assert order[0, :2].tolist() == [1, 3] and order[1, :1].tolist() == [0]
     assert valid.tolist() == [[True, True], [True, False]]
+
+
+def test_crf_marginals_equal_brute_force():
+    """Forward-backward marginals equal the sum over every tag path, weighted by its CRF score, for rows of
+    several lengths."""
+    import itertools
+
+    from taggers.decoding import crf_marginals
+
+    torch.manual_seed(1)
+    c, steps = 3, 4
+    transitions, start, end = torch.randn(c, c), torch.randn(c), torch.randn(c)
+    emissions = torch.randn(3, steps, c)
+    lengths = [4, 2, 1]
+    mask = torch.arange(steps)[None] < torch.tensor(lengths)[:, None]
+    got = crf_marginals(emissions, mask, transitions, start, end)
+    for b, n in enumerate(lengths):
+        expected = torch.zeros(n, c)
+        for path in itertools.product(range(c), repeat=n):
+            s = start[path[0]] + end[path[-1]] + sum(emissions[b, t, path[t]] for t in range(n))
+            s = s + sum(transitions[path[t - 1], path[t]] for t in range(1, n))
+            for t, tag in enumerate(path):
+                expected[t, tag] += s.exp()
+        assert torch.allclose(got[b, :n], expected / expected[0].sum(), atol=1e-5)
+
+
+def test_crf_tagger_teaches_its_marginals():
+    """A CRF tagger's piece distributions are its marginals on scored pieces (each sums to 1), the softmax
+    elsewhere; a tagger without a CRF teaches its softmax."""
+    from taggers.decoding import crf_marginals
+    from taggers.models import BiLSTMTagger
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=50, embedding_dim=8, lstm_hidden=8, lstm_layers=1, use_casing=False, dropout=0.0)
+    crf_model, plain = BiLSTMTagger(LABELS, use_crf=True, **kw), BiLSTMTagger(LABELS, **kw)
+    logits = torch.randn(2, 6, len(LABELS)) * 3
+    scored = torch.tensor([[0, 1, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    got = crf_model.piece_distributions({"scored": scored}, {"logits": logits})
+    cols = scored[0].nonzero().flatten()
+    c = crf_model.crf
+    expected = crf_marginals(logits[:1, cols], torch.ones(1, len(cols), dtype=torch.bool), c.transitions,
+                             c.start_transitions, c.end_transitions)[0]
+    assert torch.allclose(got[0, cols], expected, atol=1e-6)
+    assert torch.allclose(got[0, cols].sum(-1), torch.ones(len(cols)), atol=1e-5)
+    assert torch.allclose(got[1], logits[1].softmax(-1)) and torch.allclose(got[0, 0], logits[0, 0].softmax(-1))
+    assert torch.equal(plain.piece_distributions({"scored": scored}, {"logits": logits}), logits.softmax(-1))

@@ -261,12 +261,12 @@ import os, signal, sys
 from infer import tagger
 tagged_rows = 0
 tag_buffer = tagger.TextTagger.run
-def run(self, prep):
+def run(self, prep, *args):
     global tagged_rows
     if tagged_rows >= int(os.environ["KILL_AFTER"]):
         os.kill(os.getpid(), signal.SIGKILL)
     tagged_rows += prep.num_rows
-    return tag_buffer(self, prep)
+    return tag_buffer(self, prep, *args)
 tagger.TextTagger.run = run
 from infer.__main__ import main
 sys.exit(main(sys.argv[1:]))

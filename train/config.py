@@ -27,6 +27,11 @@ class DataConfig:
     """Fixed label list; empty = taken from the training fold."""
     max_sentences: int = 0
     """Use only the first N sentences of each fold (0 = all); for smoke runs."""
+    teacher: str = ""
+    """Distillation: a ``ner-tag --word-probs`` output folder (a teacher export's word probabilities on
+    unlabelled text); its rows join the training fold and teach through the model's loss (empty = off)."""
+    teacher_max_rows: int = 0
+    """Use only the teacher output's first N rows (0 = all)."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ from common.batching import TokenBudgetBatchSampler, collate_windows
 from common.data import DataError, Sentence, assign_documents, load_folds
 from common.labels import check_fold_labels, label_list
 from common.rundir import RunFolder
+from common.teacher import load_teacher
 from taggers.export import load_tagger, load_tokenizer, make_windower, save_export
 from taggers.models import build_tagger
 from taggers.precision import resolve_precision
@@ -99,6 +100,8 @@ class Data:
     labels: list[str]
     encoder_path: str
     tokenizer: object
+    taught: list[Sentence]
+    """Distillation: unlabelled sentences with their teacher's word probabilities, trained beside ``train``."""
 
 
 def load_data(cfg: Config) -> Data:
@@ -114,7 +117,8 @@ def load_data(cfg: Config) -> Data:
     tokenizer = load_tokenizer(encoder_path)
     labels = list(cfg.data.labels) or label_list(folds["train"])
     check_fold_labels(folds, labels, cfg.data.path)
-    return Data(folds, labels, encoder_path, tokenizer)
+    taught = load_teacher(cfg.data.teacher, labels, cfg.data.teacher_max_rows) if cfg.data.teacher else []
+    return Data(folds, labels, encoder_path, tokenizer, taught)
 
 
 class Trainer:
@@ -133,6 +137,7 @@ class Trainer:
         self.windower = make_windower(cfg.model, self.data.labels, self.data.tokenizer, self.model)
         t0 = time.perf_counter()
         self.windows = {fold: self.windower.windows(s) for fold, s in self.data.folds.items()}
+        self.windows["train"] += self.windower.windows(self.data.taught)
         log.info("encoded %s windows in %.1f s; labels %s", {k: len(v) for k, v in self.windows.items()},
                  time.perf_counter() - t0, self.data.labels)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
