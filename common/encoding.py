@@ -162,6 +162,12 @@ def assign_owners(windows: Sequence[tuple[int, int]], n_words: int) -> list[int]
     return owner
 
 
+def continuation_tag(tag: str) -> str:
+    """The tag of a word's continuation pieces: ``I-X`` for ``B-X``/``I-X``, ``O`` for ``O``."""
+    etype = split_tag(tag)[1]
+    return OUTSIDE if etype is None else f"I-{etype}"
+
+
 def align_labels(tags: Sequence[str], pieces_per_word: Sequence[int], label_to_id: dict[str, int],
                  label_all_pieces: bool = True) -> list[int]:
     """Word tags to piece labels by the project's rule (see module docstring)."""
@@ -170,9 +176,7 @@ def align_labels(tags: Sequence[str], pieces_per_word: Sequence[int], label_to_i
         out.append(label_to_id[tag])
         if n > 1:
             if label_all_pieces:
-                prefix, etype = split_tag(tag)
-                cont = OUTSIDE if etype is None else f"I-{etype}"
-                out.extend([label_to_id[cont]] * (n - 1))
+                out.extend([label_to_id[continuation_tag(tag)]] * (n - 1))
             else:
                 out.extend([IGNORE_INDEX] * (n - 1))
     return out
@@ -197,12 +201,10 @@ class PieceWindower:
         self.tokenizer = tokenizer
         self.labels = list(labels)
         self.label_to_id = {t: i for i, t in enumerate(self.labels)}
-        # a teacher's word distribution -> its continuation pieces' distribution: B-X's mass goes to I-X
-        self.continuation = np.eye(len(self.labels), dtype=np.float32)
+        # a teacher's word distribution -> its continuation pieces' distribution (B-X's mass goes to I-X)
+        self.continuation = np.zeros((len(self.labels), len(self.labels)), dtype=np.float32)
         for i, tag in enumerate(self.labels):
-            prefix, etype = split_tag(tag)
-            if prefix == "B" and f"I-{etype}" in self.label_to_id:
-                self.continuation[i, i], self.continuation[i, self.label_to_id[f"I-{etype}"]] = 0.0, 1.0
+            self.continuation[i, self.label_to_id.get(continuation_tag(tag), i)] = 1.0
         model_max = getattr(tokenizer, "model_max_length", max_length) or max_length
         self.max_length = min(max_length, model_max) if model_max < 1e6 else max_length
         self.label_all_pieces = label_all_pieces

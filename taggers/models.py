@@ -155,11 +155,9 @@ class TaggerBase(nn.Module):
         order, valid = compact(batch["scored"])
         rows = valid[:, 0].nonzero().flatten()
         if len(rows):
-            sub_order, sub_valid = order[rows][..., None].expand(-1, -1, logits.size(-1)), valid[rows, :, None]
-            marginals = crf_marginals(logits[rows].gather(1, sub_order), valid[rows], self.crf.transitions,
+            marginals = crf_marginals(_gather_rows(logits, rows, order), valid[rows], self.crf.transitions,
                                       self.crf.start_transitions, self.crf.end_transitions)
-            sub = probs[rows]
-            probs[rows] = sub.scatter(1, sub_order, torch.where(sub_valid, marginals, sub.gather(1, sub_order)))
+            _scatter_rows(probs, rows, order, valid, marginals)
         return probs
 
     @torch.no_grad()
@@ -187,18 +185,29 @@ class TaggerBase(nn.Module):
             bad = (~starts[seq[:, 0]] & valid[:, 0]) | (~allowed[seq[:, :-1], seq[:, 1:]] & valid[:, 1:]).any(1)
             rows = (bad & keep).nonzero().flatten()
         if len(rows):
-            sub_order, sub_valid = order[rows], valid[rows]
-            em = logits[rows].gather(1, sub_order[..., None].expand(-1, -1, logits.size(-1)))
+            em = _gather_rows(logits, rows, order)
             if self.crf is not None:
-                path = viterbi(em, sub_valid, self.crf.transitions, self.crf.start_transitions,
+                path = viterbi(em, valid[rows], self.crf.transitions, self.crf.start_transitions,
                                self.crf.end_transitions)
             else:
-                path = viterbi(em.log_softmax(-1), sub_valid, self.transition_penalty, self.start_penalty)
-            # one scatter for all rows: the path where a row is scored, its argmax elsewhere
-            path = torch.as_tensor(path, device=pred.device)
-            sub_pred = pred[rows]
-            pred[rows] = sub_pred.scatter(1, sub_order, torch.where(sub_valid, path, sub_pred.gather(1, sub_order)))
+                path = viterbi(em.log_softmax(-1), valid[rows], self.transition_penalty, self.start_penalty)
+            _scatter_rows(pred, rows, order, valid, torch.as_tensor(path, device=pred.device))
         return pred, probs.gather(-1, pred[..., None]).squeeze(-1)
+
+
+def _gather_rows(logits, rows, order):
+    """Rows ``rows`` of ``logits`` [B, T, C] with their scored pieces moved left (``order`` from ``compact``)."""
+    return logits[rows].gather(1, order[rows][..., None].expand(-1, -1, logits.size(-1)))
+
+
+def _scatter_rows(dest, rows, order, valid, values):
+    """The inverse of :func:`_gather_rows` for ``dest`` [B, T] or [B, T, C], in place and in one scatter:
+    ``values`` [rows, W(, C)] land on each row's scored pieces; every other place keeps its value."""
+    index, mask = order[rows], valid[rows]
+    if values.dim() == 3:
+        index, mask = index[..., None].expand(-1, -1, values.size(-1)), mask[..., None]
+    sub = dest[rows]
+    dest[rows] = sub.scatter(1, index, torch.where(mask, values, sub.gather(1, index)))
 
 
 def head_options(mcfg: ModelConfig) -> dict:
