@@ -49,9 +49,12 @@ The host side (``--host-side``): everything but the model, in one command::
 * with ``--model``: per ``--precision`` the model alone (a fresh process, ``TextTagger.predict`` over
   batches prepared beforehand, all cores; once as is and once under ner-tag's glibc settings,
   ``infer.runner.bound_malloc``) in pieces/s and words/s, ``ner-tag`` end to end (default threads and host
-  workers) on the first ``--e2e-rows`` rows, the ratios, and for bf16 the fraction of the CPU's bf16
-  matrix-product peak the model reaches (model FLOPs per piece from its config; the peak measured with a
-  large bf16 matrix product on the same cores).
+  workers) on the first ``--e2e-rows`` rows, the three one after the other ``--repeats`` times (the
+  ratios are of the medians: the model alone swings ~14% between runs on shared cores), the share of each
+  ner-tag run's tagging time spent in the model (``predict_batches``, timed in that same process, so free of
+  the swings between processes), and for bf16 the fraction of the CPU's bf16 matrix-product peak the model
+  reaches (model FLOPs per piece from its config; the peak measured with a large bf16 matrix product on the
+  same cores).
 
 Timed runs wait (up to ``--quiet-wait`` minutes) until the 1-minute load average is below ``--quiet-load``;
 every number is printed with the load average before it.
@@ -62,6 +65,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,6 +100,8 @@ def parse_args():
     p.add_argument("--host-workers", default="0,1,2", help="host worker processes to time, comma-separated")
     p.add_argument("--baseline-repo", help="an older checkout: its host side timed the same way, side by side")
     p.add_argument("--e2e-rows", type=int, default=10000, help="rows of the model-only and end-to-end runs")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds of (model only, model only with ner-tag's malloc, end to end); medians compared")
     p.add_argument("--quiet-load", type=float, default=1.2, help="wait for a 1-minute load below this")
     p.add_argument("--quiet-wait", type=float, default=20, help="minutes to wait for it at most")
     return p.parse_args()
@@ -325,12 +331,22 @@ from infer.runner import TagOptions, run
 if null_forward:  # the encoder skipped: word-piece embedding and head only
     import taggers.models as tm
     tm.BertTagger.features = lambda self, batch: self.encoder.embeddings.word_embeddings(batch["input_ids"])
+import taggers.predict as tp
+model_s, predict_batches = 0.0, tp.predict_batches
+def timed_predict_batches(*args, **kwargs):  # the model's share of the run, timed inside the same process
+    global model_s
+    t = time.perf_counter()
+    try:
+        return predict_batches(*args, **kwargs)
+    finally:
+        model_s += time.perf_counter() - t
+tp.predict_batches = timed_predict_batches
 t0 = time.time()
 summary = run(TagOptions(model=model, inputs=[src], output=out, device="cpu", precision=sys.argv[5],
                          threads=int(sys.argv[6]), progress=False, overwrite=True))
 r = summary["this_run"]
 print("RESULT " + json.dumps({"words": r["words"], "rows": r["rows"], "tag_s": r["tag_s"], "wall_s": time.time() - t0,
-                              "threads": r["ranks"][0]["threads"]}))
+                              "threads": r["ranks"][0]["threads"], "model_s": model_s}))
 """
 
 
@@ -491,34 +507,47 @@ def host_side(args):
                   flush=True)
             peak = None
             for prec in precisions:
-                load = wait_quiet(args)
-                m = model_only(args.model, e2e_src, prec, cpus, False)
-                load_m = wait_quiet(args)
-                mb = model_only(args.model, e2e_src, prec, cpus, True)
-                load_e = wait_quiet(args)
-                e = tag_in_subprocess(str(REPO), args.model, e2e_src, os.path.join(tmp, f"out_e2e_{prec}"), None,
-                                      False, prec, threads=0)
-                m_wps, m_pps = m["words"] / m["seconds"], m["pieces"] / m["seconds"]
-                mb_wps = mb["words"] / mb["seconds"]
-                e_wps = e["words"] / e["tag_s"]
-                print(f"{prec:5s}: model only {m_pps:9,.0f} pieces/s {m_wps:8,.0f} words/s [load {load:.2f}]; "
-                      f"with ner-tag's malloc settings {mb_wps:8,.0f} words/s [load {load_m:.2f}]; "
-                      f"end to end {e_wps:8,.0f} words/s ({e['threads']} torch threads) [load {load_e:.2f}]",
-                      flush=True)
+                rounds = []  # the three runs one after the other, --repeats times, so that drift hits all three
+                for k in range(args.repeats):
+                    load = wait_quiet(args)
+                    m = model_only(args.model, e2e_src, prec, cpus, False)
+                    load_m = wait_quiet(args)
+                    mb = model_only(args.model, e2e_src, prec, cpus, True)
+                    load_e = wait_quiet(args)
+                    e = tag_in_subprocess(str(REPO), args.model, e2e_src, os.path.join(tmp, f"out_e2e_{prec}_{k}"),
+                                          None, False, prec, threads=0)
+                    r = {"model_words_per_s": m["words"] / m["seconds"],
+                         "model_pieces_per_s": m["pieces"] / m["seconds"],
+                         "model_words_per_s_ner_tag_malloc": mb["words"] / mb["seconds"],
+                         "e2e_words_per_s": e["words"] / e["tag_s"], "e2e_model_share": e["model_s"] / e["tag_s"],
+                         "load_model": load, "load_model_malloc": load_m, "load_e2e": load_e}
+                    rounds.append(r)
+                    print(f"{prec:5s} round {k + 1}: model only {r['model_pieces_per_s']:9,.0f} pieces/s "
+                          f"{r['model_words_per_s']:8,.0f} words/s [load {load:.2f}]; with ner-tag's malloc settings "
+                          f"{r['model_words_per_s_ner_tag_malloc']:8,.0f} words/s [load {load_m:.2f}]; end to end "
+                          f"{r['e2e_words_per_s']:8,.0f} words/s ({e['threads']} torch threads) [load {load_e:.2f}]; "
+                          f"end to end / model only {r['e2e_words_per_s'] / r['model_words_per_s']:6.1%}; "
+                          f"the model's share of ner-tag's own tagging time {r['e2e_model_share']:6.1%}", flush=True)
+                med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+                m_wps, mb_wps, e_wps = (med["model_words_per_s"], med["model_words_per_s_ner_tag_malloc"],
+                                        med["e2e_words_per_s"])
+                print(f"{prec:5s} median of {len(rounds)}: model only {m_wps:8,.0f} words/s; with ner-tag's malloc "
+                      f"settings {mb_wps:8,.0f}; end to end {e_wps:8,.0f}", flush=True)
                 print(f"       end to end / model only {e_wps / m_wps:6.1%}; "
-                      f"end to end / model only with ner-tag's malloc settings {e_wps / mb_wps:6.1%}", flush=True)
-                entry = {"precision": prec, "model_pieces_per_s": round(m_pps), "model_words_per_s": round(m_wps),
-                         "model_words_per_s_ner_tag_malloc": round(mb_wps), "e2e_words_per_s": round(e_wps),
+                      f"end to end / model only with ner-tag's malloc settings {e_wps / mb_wps:6.1%}; "
+                      f"the model's share of ner-tag's tagging time {med['e2e_model_share']:6.1%}", flush=True)
+                entry = {"precision": prec, "rounds": [{k: round(v, 2) for k, v in r.items()} for r in rounds],
+                         **{k: round(v) for k, v in med.items() if k.endswith("_per_s")},
+                         "e2e_model_share": round(med["e2e_model_share"], 4),
                          "ratio": round(e_wps / m_wps, 4), "ratio_same_malloc": round(e_wps / mb_wps, 4),
-                         "load_model": round(load, 2), "load_model_malloc": round(load_m, 2),
-                         "load_e2e": round(load_e, 2), "padded_pieces_per_s": round(m["padded"] / m["seconds"])}
+                         "padded_pieces_per_s": round(m["padded"] / m["seconds"])}
                 if prec == "bf16" and "flops_per_piece" in m:
                     peak = peak or bf16_matmul_peak(cpus)
                     achieved = m["flops_per_piece"] * m["padded"] / m["seconds"]
                     print(f"       the model computes {achieved / 1e9:,.0f} GFLOP/s = {achieved / peak:5.1%} of the "
                           f"bf16 matmul peak ({peak / 1e9:,.0f} GFLOP/s, a 2048^3 bf16 product on {cpus} cores; "
                           f"{m['flops_per_piece'] / 1e6:.1f} MFLOP per piece, mean padded window "
-                          f"{m['mean_window']:.0f})", flush=True)
+                          f"{m['mean_window']:.0f}; last round)", flush=True)
                     entry.update({"gflops": round(achieved / 1e9, 1), "bf16_peak_gflops": round(peak / 1e9, 1),
                                   "peak_fraction": round(achieved / peak, 4)})
                 results["model"].append(entry)

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-MMAP_THRESHOLD = 16 * 1024 * 1024
-"""Bytes from which glibc serves an allocation with its own mmap (returned to the system on free).  Measured
-(bench/results_infer.md, 2026-11-26): 16 MiB keeps peak RSS at 10x the rows within 1.17x (256 KiB: 1.16x; glibc's
-dynamic threshold: 1.30x) and tags 18% faster than 256 KiB, whose page faults on every activation cost the model."""
+MMAP_THRESHOLD = 64 * 1024 * 1024
+"""Bytes from which glibc serves an allocation with its own mmap (returned to the system on free).  Large enough
+that a batch's activations come from the heap: at 16 MiB the feed-forward activations of a 4,096-piece fp32 batch
+(4,096 x 1,536 x 4 bytes, 25 MB) were fresh mmaps whose page faults cost the model alone 19% in fp32 (and 16 MiB
+was already 18% faster than 256 KiB).  Peak RSS at 10x the rows stays as it was (1.25x against 1.25-1.35x at
+16 MiB; glibc's dynamic threshold: 1.30x).  bench/results_infer.md, 2026-11-26."""
+
+TRIM_THRESHOLD = 256 * 1024 * 1024
+"""Free bytes at the top of the heap above which glibc shrinks it after a free.  A fixed mmap threshold leaves
+this at 128 KiB, so the heap was given back and faulted in again within every forward pass; memory is given
+back once per buffer instead (:func:`trim_malloc`).  With both settings the model runs as fast as under glibc's
+defaults (4,770 vs 4,729 / 4,633 words/s fp32; 16 MiB alone: 3,836 / 3,771)."""
 
 
 def bound_malloc() -> None:
@@ -24,6 +32,7 @@ def bound_malloc() -> None:
 
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
         _TRIM = libc.malloc_trim
     except (OSError, AttributeError):
         pass

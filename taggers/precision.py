@@ -18,6 +18,7 @@ import contextlib
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ATTENTIONS = ("auto", "eager", "sdpa")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -67,6 +68,28 @@ def cast_for_inference(model, precision: str, device: torch.device | str | None 
         if device is not None and torch.device(device).type == "cuda":
             use_attention(model, "eager")
     return model
+
+
+def training_attention(requested: str) -> str:
+    """The attention a Hugging Face encoder trains with, for ``requested`` (one of :data:`ATTENTIONS`).
+
+    ``auto`` is eager: on NER's short windows PyTorch's fused attention trained slower on both kinds of machine
+    measured, bf16 autocast (bench/results_train.md): its backward took 1.4x the time on this 2-core CPU (the
+    BERT recipe's packed 128-piece windows), and the recipe's steps 1.32x the time on an H200.
+    """
+    if requested not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {requested!r}")
+    return "eager" if requested == "auto" else requested
+
+
+def attention_of(model) -> str | None:
+    """The attention implementation of the first Hugging Face model inside ``model`` (None without one)."""
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            return module.config._attn_implementation
+    return None
 
 
 def use_attention(model, implementation: str) -> None:

@@ -39,8 +39,10 @@ def param_groups(model, lr: float, head_lr: float, weight_decay: float) -> list[
 
 
 def build_optimizer(model, optim_cfg, total_steps: int):
-    """torch AdamW over :func:`param_groups` and the :func:`linear_schedule` as a LambdaLR."""
-    optimizer = torch.optim.AdamW(param_groups(model, optim_cfg.lr, optim_cfg.head_lr, optim_cfg.weight_decay))
+    """torch AdamW (fused or multi-tensor, ``optim_cfg.fused``) over :func:`param_groups` and the
+    :func:`linear_schedule` as a LambdaLR."""
+    groups = param_groups(model, optim_cfg.lr, optim_cfg.head_lr, optim_cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, fused=True) if optim_cfg.fused else torch.optim.AdamW(groups)
     warmup = math.ceil(optim_cfg.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total_steps))
     return optimizer, scheduler

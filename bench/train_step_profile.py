@@ -1,0 +1,78 @@
+"""Where a training step's time goes on this machine: forward, backward, gradient clipping, optimizer step.
+
+    python bench/train_step_profile.py [--config train/configs/bert_conll03.toml] [--steps 30] \\
+        [--freeze-word-embeddings] [section.option=value ...]
+
+Builds the recipe's model, engine and batches exactly as ``python -m train`` does (``train.trainer.Trainer``,
+the overrides applied last, e.g. ``optim.fused=false train.attention=sdpa`` for the levers as they were), then
+times the first ``--steps`` batches of the first epoch after 3 warm-up batches, each phase on its own.  With
+``--freeze-word-embeddings`` the encoder's word-piece embedding table gets no gradient and no optimizer state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(REPO / "train/configs/bert_conll03.toml"))
+    p.add_argument("--data", default=str(REPO.parent / "shared/data/conll03-iob-pos.json"))
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--freeze-word-embeddings", action="store_true")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+
+    import torch
+
+    from common import distributed
+    from common.batching import collate_windows
+    from train.config import load_config
+    from train.optim import build_optimizer
+    from train.trainer import Trainer, _StopFlag
+
+    with tempfile.TemporaryDirectory(prefix="step_profile_") as tmp:
+        cfg = load_config(args.config, [f'data.path="{args.data}"', f'train.output_dir="{tmp}/run"',
+                                        "train.progress=false", 'wandb.mode="disabled"',
+                                        f"train.num_threads={args.threads}", *args.overrides])
+        trainer = Trainer(cfg, distributed.setup("cpu"), _StopFlag(), resume=False, overwrite=True)
+        model, engine = trainer.model, trainer.engine
+        if args.freeze_word_embeddings:
+            model.encoder.get_input_embeddings().weight.requires_grad_(False)
+            engine.optimizer, _ = build_optimizer(model, cfg.optim, trainer.total_steps)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        seconds = {"forward": 0.0, "backward": 0.0, "clip": 0.0, "optimizer": 0.0}
+        tokens = 0
+        for k, idx in enumerate(list(trainer.sampler)[:args.steps + 3]):
+            batch = collate_windows([trainer.windows["train"][i] for i in idx], trainer.windower.pad_id)
+            t0 = time.perf_counter()
+            loss = engine.forward(batch)["loss"]
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(trained, cfg.optim.max_grad_norm)
+            t3 = time.perf_counter()
+            engine.optimizer.step()
+            engine.optimizer.zero_grad(set_to_none=True)
+            t4 = time.perf_counter()
+            if k >= 3:
+                for name, dt in zip(seconds, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    seconds[name] += dt
+                tokens += int(batch["attention_mask"].sum())
+    total = sum(seconds.values())
+    what = " ".join(args.overrides) + (" --freeze-word-embeddings" if args.freeze_word_embeddings else "")
+    phases = " ".join(f"{k} {v / args.steps * 1000:6.1f} ms" for k, v in seconds.items())
+    print(f"{what or 'as committed':55s} {phases}  step {total / args.steps * 1000:6.1f} ms, {tokens / total:7,.0f} tokens/s "
+          f"({trainer.attention} attention)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
