@@ -459,12 +459,15 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def model_only(model: str, src: str, precision: str, threads: int, malloc_like_ner_tag: bool) -> dict:
+def model_only(model: str, src: str, precision: str, threads: int, malloc_like_ner_tag: bool,
+               prelude: str = "") -> dict:
     """The model alone, in a fresh process: ``TextTagger.predict`` over all buffers of ``src``, prepared
-    beforehand (not timed); with ``malloc_like_ner_tag`` under ner-tag's glibc settings."""
+    beforehand (not timed); with ``malloc_like_ner_tag`` under ner-tag's glibc settings; ``prelude``: Python
+    run first in that process (e.g. other ``infer.memory`` thresholds)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     env.pop("OMP_NUM_THREADS", None)
-    cmd = [sys.executable, "-c", _MODEL_DRIVER, model, src, precision, str(threads), str(int(malloc_like_ner_tag))]
+    cmd = [sys.executable, "-c", prelude + "\n" + _MODEL_DRIVER, model, src, precision, str(threads),
+           str(int(malloc_like_ner_tag))]
     r = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True)
     lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
     if r.returncode or not lines:

@@ -3,25 +3,25 @@
     python bench/malloc_ab.py --model RUN/export --rows 10000 --precision fp32 \\
         --variants none,16777216:131072,67108864,67108864:268435456 --rounds 2
 
-Each run is ``bench_infer``'s model-only driver in a fresh process (``TextTagger.predict`` over the first
-``--rows`` news sentences, prepared beforehand; 2 threads).  A variant is ``none`` (glibc's defaults, no trim)
-or ``MMAP[:TRIM]``: ``infer.memory.MMAP_THRESHOLD`` and ``TRIM_THRESHOLD`` (default: the committed one; 131072
-is glibc's own 128 KiB) set before ``bound_malloc``, with ``trim_malloc`` after every buffer as in ner-tag.
+Each run is ``bench_infer.model_only``: its driver in a fresh process, ``TextTagger.predict`` over the first
+``--rows`` news sentences, prepared beforehand (``--threads``, default 2).  A variant is ``none`` (glibc's
+defaults, no trim) or ``MMAP[:TRIM]``: ``infer.memory.MMAP_THRESHOLD`` and ``TRIM_THRESHOLD`` (default: the
+committed one; 131072 is glibc's own 128 KiB) set before ``bound_malloc``, with ``trim_malloc`` after every
+buffer as in ner-tag.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_infer import _MODEL_DRIVER, load_sample  # noqa: E402
+from bench_infer import load_sample, model_only  # noqa: E402
 
 
 def main():
@@ -34,26 +34,20 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="malloc_ab_") as tmp:
         src, _, _ = load_sample(f"{args.corpus}:{args.rows}", tmp)
         for r in range(args.rounds):
             for variant in args.variants.split(","):
-                driver, malloc = _MODEL_DRIVER, "0"
+                prelude = ""
                 if variant != "none":
                     mmap, _, trim = variant.partition(":")
-                    driver = (f"import infer.memory as m; m.MMAP_THRESHOLD = {int(mmap)}"
-                              + (f"; m.TRIM_THRESHOLD = {int(trim)}" if trim else "") + "\n" + driver)
-                    malloc = "1"
-                env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+                    prelude = (f"import infer.memory as m; m.MMAP_THRESHOLD = {int(mmap)}"
+                               + (f"; m.TRIM_THRESHOLD = {int(trim)}" if trim else ""))
                 load = os.getloadavg()[0]
-                run = subprocess.run([sys.executable, "-c", driver, args.model, src, args.precision, str(args.threads),
-                                      malloc], cwd=str(REPO), env=env, capture_output=True, text=True)
-                lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-                if run.returncode or not lines:
-                    sys.exit(f"{variant}: the model-only run failed:\n{run.stderr[-2000:]}")
-                m = json.loads(lines[-1][len("RESULT "):])
+                try:
+                    m = model_only(args.model, src, args.precision, args.threads, variant != "none", prelude)
+                except RuntimeError as e:
+                    sys.exit(f"{variant}: {e}")
                 print(f"round {r + 1} {variant:>22}: {m['words'] / m['seconds']:8,.0f} words/s {args.precision} "
                       f"[load {load:.2f}]", flush=True)
 

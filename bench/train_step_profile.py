@@ -36,18 +36,16 @@ def main():
     from common import distributed
     from common.batching import collate_windows
     from train.config import load_config
-    from train.optim import build_optimizer
-    from train.trainer import Trainer, _StopFlag
+    from train.trainer import Trainer, StopFlag
 
     with tempfile.TemporaryDirectory(prefix="step_profile_") as tmp:
         cfg = load_config(args.config, [f'data.path="{args.data}"', f'train.output_dir="{tmp}/run"',
                                         "train.progress=false", 'wandb.mode="disabled"',
                                         f"train.num_threads={args.threads}", *args.overrides])
-        trainer = Trainer(cfg, distributed.setup("cpu"), _StopFlag(), resume=False, overwrite=True)
+        trainer = Trainer(cfg, distributed.setup("cpu"), StopFlag(), resume=False, overwrite=True)
         model, engine = trainer.model, trainer.engine
-        if args.freeze_word_embeddings:
+        if args.freeze_word_embeddings:  # no gradient: AdamW then skips it and keeps no state for it
             model.encoder.get_input_embeddings().weight.requires_grad_(False)
-            engine.optimizer, _ = build_optimizer(model, cfg.optim, trainer.total_steps)
         trained = [p for p in model.parameters() if p.requires_grad]
         seconds = {"forward": 0.0, "backward": 0.0, "clip": 0.0, "optimizer": 0.0}
         tokens = 0
@@ -70,8 +68,8 @@ def main():
     total = sum(seconds.values())
     what = " ".join(args.overrides) + (" --freeze-word-embeddings" if args.freeze_word_embeddings else "")
     phases = " ".join(f"{k} {v / args.steps * 1000:6.1f} ms" for k, v in seconds.items())
-    print(f"{what or 'as committed':55s} {phases}  step {total / args.steps * 1000:6.1f} ms, {tokens / total:7,.0f} tokens/s "
-          f"({trainer.attention} attention)", flush=True)
+    print(f"{what or 'as committed':55s} {phases}  step {total / args.steps * 1000:6.1f} ms, "
+          f"{tokens / total:7,.0f} tokens/s ({trainer.attention} attention)", flush=True)
 
 
 if __name__ == "__main__":

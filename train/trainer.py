@@ -46,7 +46,7 @@ class Preempted(Exception):
     """Raised after a checkpoint was written because a stop signal arrived."""
 
 
-class _StopFlag:
+class StopFlag:
     """Set by SIGUSR1/SIGTERM; the loop checkpoints at the next step boundary."""
 
     def __init__(self):
@@ -124,7 +124,7 @@ def load_data(cfg: Config) -> Data:
 class Trainer:
     """Builds the model, engine and batches for ``cfg``, then ``train()`` runs the loop."""
 
-    def __init__(self, cfg: Config, info: distributed.DistInfo, stop: _StopFlag, resume: bool, overwrite: bool):
+    def __init__(self, cfg: Config, info: distributed.DistInfo, stop: StopFlag, resume: bool, overwrite: bool):
         self.cfg, self.info, self.stop = cfg, info, stop
         self.run_dir = RunFolder(cfg.train.output_dir)
         if cfg.train.num_threads:
@@ -385,7 +385,7 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict | No
     failing rank never waits for its peers (torchrun then stops the job).
     """
     info = distributed.setup(cfg.train.device)
-    stop = _StopFlag()
+    stop = StopFlag()
     completed = False
     try:
         distributed.setup_logging(info.rank, all_ranks=cfg.train.log_all_ranks)
