@@ -1,12 +1,12 @@
 """Where a training step's time goes on this machine: forward, backward, gradient clipping, optimizer step.
 
     python bench/train_step_profile.py [--config train/configs/bert_conll03.toml] [--steps 30] \\
-        [--freeze-word-embeddings] [section.option=value ...]
+        [section.option=value ...]
 
 Builds the recipe's model, engine and batches exactly as ``python -m train`` does (``train.trainer.Trainer``,
 the overrides applied last, e.g. ``optim.fused=false train.attention=sdpa`` for the levers as they were), then
-times the first ``--steps`` batches of the first epoch after 3 warm-up batches, each phase on its own.  With
-``--freeze-word-embeddings`` the encoder's word-piece embedding table gets no gradient and no optimizer state.
+times the first ``--steps`` batches of the first epoch after 3 warm-up batches, each phase on its own, in
+training mode (dropout on).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ def main():
     p.add_argument("--data", default=str(REPO.parent / "shared/data/conll03-iob-pos.json"))
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--freeze-word-embeddings", action="store_true")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
 
@@ -44,8 +43,7 @@ def main():
                                         f"train.num_threads={args.threads}", *args.overrides])
         trainer = Trainer(cfg, distributed.setup("cpu"), StopFlag(), resume=False, overwrite=True)
         model, engine = trainer.model, trainer.engine
-        if args.freeze_word_embeddings:  # no gradient: AdamW then skips it and keeps no state for it
-            model.encoder.get_input_embeddings().weight.requires_grad_(False)
+        engine.train()  # as Trainer.train() does: a Hugging Face encoder is built in eval mode, without dropout
         trained = [p for p in model.parameters() if p.requires_grad]
         seconds = {"forward": 0.0, "backward": 0.0, "clip": 0.0, "optimizer": 0.0}
         tokens = 0
@@ -66,10 +64,11 @@ def main():
                     seconds[name] += dt
                 tokens += int(batch["attention_mask"].sum())
     total = sum(seconds.values())
-    what = " ".join(args.overrides) + (" --freeze-word-embeddings" if args.freeze_word_embeddings else "")
+    what = " ".join(args.overrides)
     phases = " ".join(f"{k} {v / args.steps * 1000:6.1f} ms" for k, v in seconds.items())
     print(f"{what or 'as committed':55s} {phases}  step {total / args.steps * 1000:6.1f} ms, "
-          f"{tokens / total:7,.0f} tokens/s ({trainer.attention} attention)", flush=True)
+          f"{tokens / total:7,.0f} tokens/s ({trainer.attention} attention, {trainer.dropout_kernel} dropout)",
+          flush=True)
 
 
 if __name__ == "__main__":

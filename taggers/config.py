@@ -36,12 +36,14 @@ class ModelConfig:
     dropout: float = 0.1
     head_hidden: int = 0
     """Hidden size of the feed-forward head (0 = a single linear layer)."""
+    freeze_embeddings: bool = False
+    """Keep the word-piece embedding table as initialised (BERT: the encoder's; position embeddings and the
+    rest still train)."""
     # BiLSTM only
     embedding_dim: int = 0
     """Word-piece embedding size (0 = the encoder's hidden size, needed to initialise from it)."""
     init_embeddings: bool = True
     """Initialise the embedding from the transformer's input embeddings."""
-    freeze_embeddings: bool = False
     lstm_hidden: int = 256
     """Hidden size per direction."""
     lstm_layers: int = 2

@@ -226,9 +226,10 @@ class BertTagger(TaggerBase):
     model_type = "bert"
 
     def __init__(self, labels, encoder: nn.Module, use_casing=True, casing_dim=16, use_crf=False,
-                 dropout=0.1, head_hidden=0, constrained_decoding=True):
+                 dropout=0.1, head_hidden=0, constrained_decoding=True, freeze_embeddings=False):
         super().__init__(labels, encoder.config.hidden_size, use_casing, casing_dim, use_crf, dropout,
                          head_hidden, constrained_decoding)
+        encoder.get_input_embeddings().weight.requires_grad_(not freeze_embeddings)
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # unused by a token tagger; DDP refuses parameters without gradients
         self.encoder = encoder
@@ -246,7 +247,8 @@ class BertTagger(TaggerBase):
         from transformers import AutoModel
 
         encoder_config(encoder_path)  # a clear error for a wrong path before the weights are looked for
-        return cls(labels, AutoModel.from_pretrained(encoder_path), **head_options(mcfg))
+        return cls(labels, AutoModel.from_pretrained(encoder_path), freeze_embeddings=mcfg.freeze_embeddings,
+                   **head_options(mcfg))
 
     @classmethod
     def load(cls, path, mcfg, labels, tokenizer):

@@ -1,4 +1,5 @@
-"""The training speed levers: torch AdamW's fused kernel and the encoder's attention in training."""
+"""The training speed levers: torch AdamW's fused kernel, the encoder's attention, cheap dropout masks and frozen
+word-piece embeddings."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from taggers.dropout import FAST_EAGER, FastDropout, fast_dropout, training_dropout, use_fast_dropout
+from taggers.models import WEIGHTS
 from taggers.precision import training_attention
 from tests.tiny_models import tiny_train_args
 from train.__main__ import main
@@ -74,3 +77,88 @@ def test_unknown_attention_is_one_line(tmp_path, tiny_bert_dir, tiny_data_json, 
     assert main(tiny_train_args(tiny_data_json, tiny_bert_dir, tmp_path / "x", 'train.attention="flash"')) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["ner-train: error: train.attention must be auto, eager, sdpa, got 'flash'"]
+
+
+def test_fast_dropout_known_answers():
+    x = torch.ones(1_000_003)  # not a multiple of four: the last 64-bit draw is only partly used
+    assert fast_dropout(x, 0.0) is x and fast_dropout(x, 0.3, training=False) is x
+    assert torch.equal(fast_dropout(x, 1.0), torch.zeros_like(x))
+    torch.manual_seed(0)
+    y = fast_dropout(x, 0.3)
+    assert y.unique().tolist() == [0.0, pytest.approx(1 / 0.7)]
+    assert abs((y == 0).float().mean().item() - 0.3) < 0.002  # 1M draws: the standard error is 0.0005
+    assert abs(y.mean().item() - 1.0) < 0.005  # the kept elements are scaled up: the expectation is kept
+    torch.manual_seed(0)
+    assert torch.equal(fast_dropout(x, 0.3), y)  # seeded: training stays deterministic
+
+
+def test_fast_dropout_gradient_is_the_mask():
+    x = torch.randn(64, 33, requires_grad=True)
+    torch.manual_seed(1)
+    y = fast_dropout(x, 0.25)
+    y.sum().backward()
+    kept = y != 0
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    torch.testing.assert_close(y[kept], x.detach()[kept] / 0.75)
+
+
+def test_training_dropout_known_answers():
+    assert training_dropout("auto", torch.device("cpu")) == "fast"
+    assert training_dropout("auto", torch.device("cuda")) == "torch"
+    assert training_dropout("torch", torch.device("cpu")) == "torch"
+    assert training_dropout("fast", torch.device("cuda")) == "fast"
+    with pytest.raises(ValueError, match="dropout kernel must be one of"):
+        training_dropout("philox", torch.device("cpu"))
+
+
+def test_use_fast_dropout_swaps_every_dropout_and_leaves_eval_outputs_alone(tiny_bert_dir):
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(tiny_bert_dir, attn_implementation="eager").eval()
+    model = nn.Sequential(encoder.embeddings, nn.Dropout(0.2))
+    ids = torch.randint(5, 100, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = mask[2, 9:] = 0  # padding: the attention masks must reach the new implementation too
+    before = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    n_dropouts = sum(type(m) is nn.Dropout for m in encoder.modules())
+    use_fast_dropout(encoder)
+    use_fast_dropout(model)
+    assert n_dropouts > 0 and not any(type(m) is nn.Dropout for m in encoder.modules())
+    assert sum(isinstance(m, FastDropout) for m in encoder.modules()) == n_dropouts
+    assert isinstance(model[1], FastDropout) and model[1].p == 0.2
+    assert encoder.config._attn_implementation == FAST_EAGER
+    torch.testing.assert_close(encoder(input_ids=ids, attention_mask=mask).last_hidden_state, before)
+    encoder.train()  # in training the outputs now vary with the masks, and gradients flow through them
+    out = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert not torch.allclose(out, before)
+    out.sum().backward()
+    assert encoder.get_input_embeddings().weight.grad is not None
+
+
+@pytest.mark.parametrize("requested, used", [("auto", "fast"), ("torch", "torch")])
+def test_training_run_uses_the_requested_dropout(tmp_path, tiny_bert_dir, tiny_data_json, requested, used):
+    out = tmp_path / requested
+    assert main(tiny_train_args(tiny_data_json, tiny_bert_dir, out, "train.max_steps=2",
+                                f'train.dropout_kernel="{requested}"')) == 0
+    assert json.loads((out / "metrics.json").read_text())["dropout_kernel"] == used
+    assert FAST_EAGER not in (out / "export" / "config.json").read_text()  # the export loads anywhere
+
+
+def test_unknown_dropout_kernel_is_one_line(tmp_path, tiny_bert_dir, tiny_data_json, capsys):
+    assert main(tiny_train_args(tiny_data_json, tiny_bert_dir, tmp_path / "x", 'train.dropout_kernel="x"')) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ner-train: error: train.dropout_kernel must be auto, torch, fast, got 'x'"]
+
+
+def test_frozen_bert_word_embeddings_stay_as_loaded(tmp_path, tiny_bert_dir, tiny_data_json):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "frozen"
+    assert main(tiny_train_args(tiny_data_json, tiny_bert_dir, out, "train.max_steps=3",
+                                "model.freeze_embeddings=true")) == 0
+    start, trained = load_file(str(tiny_bert_dir / "model.safetensors")), load_file(str(out / "export" / WEIGHTS))
+    word, position = "embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight"
+    trained_word = next(v for k, v in trained.items() if k.endswith(word))
+    trained_position = next(v for k, v in trained.items() if k.endswith(position))
+    assert torch.equal(trained_word, next(v for k, v in start.items() if k.endswith(word)))
+    assert not torch.equal(trained_position, next(v for k, v in start.items() if k.endswith(position)))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from common.io import TOMLDecodeError, parse_toml_value, read_toml
 from taggers.config import MODEL_TYPES, ModelConfig
+from taggers.dropout import DROPOUT_KERNELS
 from taggers.precision import ATTENTIONS
 
 
@@ -77,6 +78,10 @@ class TrainLoopConfig:
     """Attention of a Hugging Face encoder in training: eager, sdpa (PyTorch's fused kernels), or auto = eager,
     measured faster on NER windows (BERT recipe, bf16: 0.73x the training time on this CPU with fused AdamW,
     1.32x the tokens/s on an H200)."""
+    dropout_kernel: str = "auto"
+    """How dropout draws its masks in training: torch (one random number per element), fast (four masks per
+    64-bit random draw, ``taggers.dropout``), or auto = fast on a CPU, torch on a GPU. Only the random masks
+    differ; the model and its export do not."""
     num_threads: int = 0
     """torch intra-op threads per process (0 = torch's default / OMP_NUM_THREADS)."""
     log_every: int = 20
@@ -181,6 +186,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {cfg.train.precision!r}")
     if cfg.train.attention not in ATTENTIONS:
         raise ConfigError(f"train.attention must be {', '.join(ATTENTIONS)}, got {cfg.train.attention!r}")
+    if cfg.train.dropout_kernel not in DROPOUT_KERNELS:
+        raise ConfigError(f"train.dropout_kernel must be {', '.join(DROPOUT_KERNELS)}, "
+                          f"got {cfg.train.dropout_kernel!r}")
     if cfg.optim.grad_accum < 1:
         raise ConfigError("optim.grad_accum must be >= 1")
     if cfg.train.max_tokens < 8:

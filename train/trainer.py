@@ -27,6 +27,7 @@ from common.data import DataError, Sentence, assign_documents, load_folds
 from common.labels import check_fold_labels, label_list
 from common.rundir import RunFolder
 from common.teacher import load_teacher
+from taggers.dropout import training_dropout, use_fast_dropout
 from taggers.export import load_tagger, load_tokenizer, make_windower, save_export
 from taggers.models import build_tagger
 from taggers.precision import attention_of, resolve_precision, training_attention, use_attention
@@ -136,6 +137,9 @@ class Trainer:
         self.model = self._build_model()
         use_attention(self.model, training_attention(cfg.train.attention))
         self.attention = attention_of(self.model)
+        self.dropout_kernel = training_dropout(cfg.train.dropout_kernel, info.device)
+        if self.dropout_kernel == "fast":
+            use_fast_dropout(self.model)
         self.windower = make_windower(cfg.model, self.data.labels, self.data.tokenizer, self.model)
         t0 = time.perf_counter()
         self.windows = {fold: self.windower.windows(s) for fold, s in self.data.folds.items()}
@@ -154,10 +158,10 @@ class Trainer:
         self.epochs = math.ceil(self.total_steps / steps_per_epoch)
         self.engine = make_engine(self.model, cfg, info, self.total_steps)
         self.precision = resolve_precision(cfg.train.precision, info.device, training=True)
-        log.info("%s tagger, %.1fM parameters, %d process(es) on %s (engine %s, %s%s), %d steps (%d per epoch)",
-                 cfg.model.type, self.num_parameters / 1e6, info.world_size, info.device, self.engine.name,
-                 self.precision, f", {self.attention} attention" if self.attention else "", self.total_steps,
-                 steps_per_epoch)
+        log.info("%s tagger, %.1fM parameters, %d process(es) on %s (engine %s, %s%s, %s dropout), %d steps "
+                 "(%d per epoch)", cfg.model.type, self.num_parameters / 1e6, info.world_size, info.device,
+                 self.engine.name, self.precision, f", {self.attention} attention" if self.attention else "",
+                 self.dropout_kernel, self.total_steps, steps_per_epoch)
         self.state = TrainState(world_size=info.world_size)
         checkpoint = self._prepare_run_dir(resume, overwrite)
         if checkpoint is not None:
@@ -346,7 +350,8 @@ class Trainer:
         best_model, _ = load_tagger(self.run_dir.export_dir, self.info.device)
         result = {"model_type": self.cfg.model.type, "num_parameters": self.num_parameters,
                   "world_size": self.info.world_size, "engine": self.engine.name, "precision": self.precision,
-                  "attention": self.attention, "train_wall_s": state.train_time_s,
+                  "attention": self.attention, "dropout_kernel": self.dropout_kernel,
+                  "train_wall_s": state.train_time_s,
                   "train_tokens_per_s": state.train_tokens / max(state.train_time_s, 1e-9),
                   "steps": state.step, "best_step": state.best_step, "labels": self.data.labels}
         for fold in ("valid", "test"):
