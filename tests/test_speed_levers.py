@@ -65,18 +65,23 @@ def test_fused_adamw_takes_the_same_steps_as_the_multi_tensor_one():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("requested, used", [("auto", "eager"), ("sdpa", "sdpa")])
-def test_training_run_uses_the_requested_attention(tmp_path, tiny_bert_dir, tiny_data_json, requested, used):
+@pytest.mark.parametrize("option, requested, used", [("attention", "auto", "eager"), ("attention", "sdpa", "sdpa"),
+                                                      ("dropout_kernel", "auto", "fast"),
+                                                      ("dropout_kernel", "torch", "torch")])
+def test_training_run_uses_the_requested_kernels(tmp_path, tiny_bert_dir, tiny_data_json, option, requested, used):
     out = tmp_path / requested
     assert main(tiny_train_args(tiny_data_json, tiny_bert_dir, out, "train.max_steps=2",
-                                f'train.attention="{requested}"')) == 0
-    assert json.loads((out / "metrics.json").read_text())["attention"] == used
+                                f'train.{option}="{requested}"')) == 0
+    assert json.loads((out / "metrics.json").read_text())[option] == used
+    assert FAST_EAGER not in (out / "export" / "config.json").read_text()  # the export loads anywhere
 
 
-def test_unknown_attention_is_one_line(tmp_path, tiny_bert_dir, tiny_data_json, capsys):
-    assert main(tiny_train_args(tiny_data_json, tiny_bert_dir, tmp_path / "x", 'train.attention="flash"')) == 2
+@pytest.mark.parametrize("option, allowed", [("attention", "auto, eager, sdpa"),
+                                             ("dropout_kernel", "auto, torch, fast")])
+def test_an_unknown_kernel_is_one_line(tmp_path, tiny_bert_dir, tiny_data_json, capsys, option, allowed):
+    assert main(tiny_train_args(tiny_data_json, tiny_bert_dir, tmp_path / "x", f'train.{option}="flash"')) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["ner-train: error: train.attention must be auto, eager, sdpa, got 'flash'"]
+    assert err == [f"ner-train: error: train.{option} must be {allowed}, got 'flash'"]
 
 
 def test_fast_dropout_known_answers():
@@ -133,21 +138,6 @@ def test_use_fast_dropout_swaps_every_dropout_and_leaves_eval_outputs_alone(tiny
     assert not torch.allclose(out, before)
     out.sum().backward()
     assert encoder.get_input_embeddings().weight.grad is not None
-
-
-@pytest.mark.parametrize("requested, used", [("auto", "fast"), ("torch", "torch")])
-def test_training_run_uses_the_requested_dropout(tmp_path, tiny_bert_dir, tiny_data_json, requested, used):
-    out = tmp_path / requested
-    assert main(tiny_train_args(tiny_data_json, tiny_bert_dir, out, "train.max_steps=2",
-                                f'train.dropout_kernel="{requested}"')) == 0
-    assert json.loads((out / "metrics.json").read_text())["dropout_kernel"] == used
-    assert FAST_EAGER not in (out / "export" / "config.json").read_text()  # the export loads anywhere
-
-
-def test_unknown_dropout_kernel_is_one_line(tmp_path, tiny_bert_dir, tiny_data_json, capsys):
-    assert main(tiny_train_args(tiny_data_json, tiny_bert_dir, tmp_path / "x", 'train.dropout_kernel="x"')) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["ner-train: error: train.dropout_kernel must be auto, torch, fast, got 'x'"]
 
 
 def test_frozen_bert_word_embeddings_stay_as_loaded(tmp_path, tiny_bert_dir, tiny_data_json):
