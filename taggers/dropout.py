@@ -83,4 +83,4 @@ def use_fast_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if (isinstance(module, PreTrainedModel) and module.config.model_type in BERT_ATTENTION
                 and module.config._attn_implementation == "eager"):
-            module.config._attn_implementation = FAST_EAGER
+            module.set_attn_implementation(FAST_EAGER)  # as taggers.precision.use_attention switches attention
