@@ -142,7 +142,7 @@ class TaggerBase(nn.Module):
         em = logits.float().gather(1, order[..., None].expand(-1, -1, logits.size(-1)))
         tags = labels.gather(1, order).clamp(min=0)
         keep = valid[:, 0]  # rows with at least one labelled piece
-        nll = -self.crf(em[keep], tags[keep], mask=valid[keep], reduction="sum")
+        nll = -self.crf(em[keep], tags[keep], valid[keep]).sum()
         return nll / valid.sum()
 
     def piece_distributions(self, batch, outputs) -> torch.Tensor:

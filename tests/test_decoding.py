@@ -117,3 +117,50 @@ def test_crf_tagger_teaches_its_marginals():
     assert torch.allclose(got[0, cols].sum(-1), torch.ones(len(cols)), atol=1e-5)
     assert torch.allclose(got[1], logits[1].softmax(-1)) and torch.allclose(got[0, 0], logits[0, 0].softmax(-1))
     assert torch.equal(plain.piece_distributions({"scored": scored}, {"logits": logits}), logits.softmax(-1))
+
+
+def _random_crf_rows(seed, rows=16, steps=20, scale=3.0):
+    torch.manual_seed(seed)
+    crf = ConstrainedCRF(LABELS)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_(0, 2.0)
+    lengths = torch.randint(1, steps + 1, (rows,))
+    lengths[0] = steps
+    mask = torch.arange(steps)[None] < lengths[:, None]
+    emissions = (torch.randn(rows, steps, len(LABELS)) * scale).requires_grad_()
+    # gold paths that IOB2 allows and paths that it forbids (their likelihood is about -10000)
+    tags = torch.randint(0, len(LABELS), (rows, steps))
+    return crf, emissions, tags, mask
+
+
+def test_crf_log_likelihood_and_gradients_equal_pytorch_crf():
+    """The CRF's log-likelihood (scaled forward-backward) and its gradients for emissions and every
+    transition score are pytorch-crf's, on rows of several lengths and under the IOB2 penalties."""
+    from torchcrf import CRF
+
+    crf, emissions, tags, mask = _random_crf_rows(0)
+    ours = crf(emissions, tags, mask)
+    theirs = CRF.forward(crf, emissions, tags, mask=mask, reduction="none")
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-3)
+    params = [emissions, *crf.parameters()]
+    for g_ours, g_theirs in zip(torch.autograd.grad(ours.sum(), params), torch.autograd.grad(theirs.sum(), params)):
+        assert torch.allclose(g_ours, g_theirs, atol=1e-4)
+
+
+def test_crf_log_partition_gradcheck_and_large_emissions():
+    """The hand-written gradient passes autograd's numerical check; emissions 100x the usual size still give
+    a finite likelihood equal to pytorch-crf's (the scaled recursion neither underflows nor overflows)."""
+    from taggers.decoding import _LogPartition
+    from torchcrf import CRF
+
+    torch.manual_seed(2)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    args = [torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64),
+            torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)]
+    args = [a.requires_grad_() for a in args]
+    assert torch.autograd.gradcheck(lambda e, t, s, x: _LogPartition.apply(e, mask, t, s, x), args)
+    crf, emissions, tags, mask = _random_crf_rows(3, scale=300.0)
+    ours = crf(emissions, tags, mask)
+    assert torch.isfinite(ours).all()
+    assert torch.allclose(ours, CRF.forward(crf, emissions, tags, mask=mask, reduction="none"), rtol=1e-5)

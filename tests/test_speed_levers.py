@@ -140,6 +140,25 @@ def test_use_fast_dropout_swaps_every_dropout_and_leaves_eval_outputs_alone(tiny
     assert encoder.get_input_embeddings().weight.grad is not None
 
 
+def test_fast_eager_attention_keeps_bf16_scores_and_masks_padding():
+    """Under bf16 autocast the scores stay bf16 with transformers' fp32 mask (whose lowest value rounds to -inf
+    in bf16): masked keys get exactly zero weight, no row turns NaN, and the probabilities equal the fp32
+    softmax's to bf16 precision."""
+    from taggers.dropout import eager_fast_dropout
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    mask = torch.zeros(2, 1, 5, 5)
+    mask[0, :, :, 3:] = torch.finfo(torch.float32).min  # the first row's last two keys are padding
+    module = nn.Module().eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, probs = eager_fast_dropout(module, q, k, v, mask, dropout=0.1)
+    assert probs.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    assert (probs[0, :, :, 3:] == 0).all()
+    expected = ((q @ k.transpose(2, 3)) * 8 ** -0.5 + mask).softmax(-1)
+    torch.testing.assert_close(probs.float(), expected, atol=2e-2, rtol=2e-2)
+
+
 def test_frozen_bert_word_embeddings_stay_as_loaded(tmp_path, tiny_bert_dir, tiny_data_json):
     from safetensors.torch import load_file
 
