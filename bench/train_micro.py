@@ -14,7 +14,6 @@ Milliseconds per call, each variant after the other, ``--rounds`` times (the fir
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -22,6 +21,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from train_step_profile import recipe_arguments, recipe_trainer  # noqa: E402
 
 
 def timed(fn, calls: int) -> float:
@@ -32,31 +34,22 @@ def timed(fn, calls: int) -> float:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(REPO / "train/configs/bert_conll03.toml"))
-    p.add_argument("--data", default=str(REPO.parent / "shared/data/conll03-iob-pos.json"))
+    p = recipe_arguments(__doc__)
     p.add_argument("--batches", type=int, default=30)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
 
     import torch
     from torch import nn
     from torchcrf import CRF
 
-    from common import distributed
     from common.batching import collate_windows
     from taggers.decoding import compact
     from taggers.dropout import eager_fast_dropout, fast_dropout
-    from train.config import load_config
-    from train.trainer import StopFlag, Trainer
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="train_micro_") as tmp:
-        cfg = load_config(args.config, [f'data.path="{args.data}"', f'train.output_dir="{tmp}/run"',
-                                        "train.progress=false", 'wandb.mode="disabled"',
-                                        f"train.num_threads={args.threads}"])
-        trainer = Trainer(cfg, distributed.setup("cpu"), StopFlag(), resume=False, overwrite=True)
+        trainer = recipe_trainer(args, f"{tmp}/run")
         crf = trainer.model.crf
         rows = []
         for idx in list(trainer.sampler)[:args.batches]:

@@ -21,28 +21,41 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def recipe_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a script that builds a recipe's trainer: ``--config``, ``--data``, ``--threads``."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "train/configs/bert_conll03.toml"))
     p.add_argument("--data", default=str(REPO.parent / "shared/data/conll03-iob-pos.json"))
-    p.add_argument("--steps", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
+    return p
+
+
+def recipe_trainer(args, run_dir: str, overrides=()):
+    """The recipe's ``Trainer`` on one CPU process, built as ``python -m train`` builds it, writing into
+    ``run_dir`` (no progress bars, no wandb; ``overrides`` applied last)."""
+    from common import distributed
+    from train.config import load_config
+    from train.trainer import StopFlag, Trainer
+
+    cfg = load_config(args.config, [f'data.path="{args.data}"', f'train.output_dir="{run_dir}"',
+                                    "train.progress=false", 'wandb.mode="disabled"',
+                                    f"train.num_threads={args.threads}", *overrides])
+    return Trainer(cfg, distributed.setup("cpu"), StopFlag(), resume=False, overwrite=True)
+
+
+def main():
+    p = recipe_arguments(__doc__)
+    p.add_argument("--steps", type=int, default=30)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
 
     import torch
 
-    from common import distributed
     from common.batching import collate_windows
-    from train.config import load_config
-    from train.trainer import Trainer, StopFlag
 
     with tempfile.TemporaryDirectory(prefix="step_profile_") as tmp:
-        cfg = load_config(args.config, [f'data.path="{args.data}"', f'train.output_dir="{tmp}/run"',
-                                        "train.progress=false", 'wandb.mode="disabled"',
-                                        f"train.num_threads={args.threads}", *args.overrides])
-        trainer = Trainer(cfg, distributed.setup("cpu"), StopFlag(), resume=False, overwrite=True)
-        model, engine = trainer.model, trainer.engine
+        trainer = recipe_trainer(args, f"{tmp}/run", args.overrides)
+        cfg, model, engine = trainer.cfg, trainer.model, trainer.engine
         engine.train()  # as Trainer.train() does: a Hugging Face encoder is built in eval mode, without dropout
         trained = [p for p in model.parameters() if p.requires_grad]
         seconds = {"forward": 0.0, "backward": 0.0, "clip": 0.0, "optimizer": 0.0}
