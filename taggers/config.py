@@ -39,6 +39,9 @@ class ModelConfig:
     freeze_embeddings: bool = False
     """Keep the word-piece embedding table as initialised (BERT: the encoder's; position embeddings and the
     rest still train)."""
+    freeze_layers: int = 0
+    """BERT: keep the encoder's embeddings and its lowest N transformer layers as pre-trained (0 = all train).
+    Nothing below the lowest trained layer needs a gradient, so their backward is skipped."""
     # BiLSTM only
     embedding_dim: int = 0
     """Word-piece embedding size (0 = the encoder's hidden size, needed to initialise from it)."""

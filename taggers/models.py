@@ -216,6 +216,28 @@ def head_options(mcfg: ModelConfig) -> dict:
                 head_hidden=mcfg.head_hidden, constrained_decoding=mcfg.constrained_decoding)
 
 
+def freeze_lower_layers(encoder: nn.Module, count: int) -> None:
+    """Keep a Hugging Face encoder's embeddings and its lowest ``count`` transformer layers as pre-trained.
+
+    The layers are the encoder's ``ModuleList`` of ``num_hidden_layers`` blocks (BERT's ``encoder.layer``,
+    DistilBERT's ``transformer.layer``, ...). With everything below them frozen, no input of those layers
+    needs a gradient, so autograd skips their backward entirely, not only their weights' gradients.
+    """
+    if count == 0:
+        return
+    total = encoder.config.num_hidden_layers
+    layers = next((m for m in encoder.modules() if isinstance(m, nn.ModuleList) and len(m) == total), None)
+    embeddings = getattr(encoder, "embeddings", None)
+    if layers is None or embeddings is None:
+        raise ExportError(f"model.freeze_layers: {type(encoder).__name__} has no embeddings module and list of "
+                          f"{total} layers to freeze")
+    if count > total:
+        raise ExportError(f"model.freeze_layers={count}, but the encoder has {total} layers")
+    embeddings.requires_grad_(False)
+    for layer in layers[:count]:
+        layer.requires_grad_(False)
+
+
 class BertTagger(TaggerBase):
     """A pre-trained transformer encoder with a token-level head.
 
@@ -226,10 +248,11 @@ class BertTagger(TaggerBase):
     model_type = "bert"
 
     def __init__(self, labels, encoder: nn.Module, use_casing=True, casing_dim=16, use_crf=False,
-                 dropout=0.1, head_hidden=0, constrained_decoding=True, freeze_embeddings=False):
+                 dropout=0.1, head_hidden=0, constrained_decoding=True, freeze_embeddings=False, freeze_layers=0):
         super().__init__(labels, encoder.config.hidden_size, use_casing, casing_dim, use_crf, dropout,
                          head_hidden, constrained_decoding)
         encoder.get_input_embeddings().weight.requires_grad_(not freeze_embeddings)
+        freeze_lower_layers(encoder, freeze_layers)
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # unused by a token tagger; DDP refuses parameters without gradients
         self.encoder = encoder
@@ -248,7 +271,7 @@ class BertTagger(TaggerBase):
 
         encoder_config(encoder_path)  # a clear error for a wrong path before the weights are looked for
         return cls(labels, AutoModel.from_pretrained(encoder_path), freeze_embeddings=mcfg.freeze_embeddings,
-                   **head_options(mcfg))
+                   freeze_layers=mcfg.freeze_layers, **head_options(mcfg))
 
     @classmethod
     def load(cls, path, mcfg, labels, tokenizer):

@@ -196,6 +196,9 @@ def validate(cfg: Config) -> None:
     for name in ("context_pieces", "pack_pieces"):
         if getattr(cfg.model, name) < 0:
             raise ConfigError(f"model.{name} must be >= 0 (0 = off), got {getattr(cfg.model, name)}")
+    if cfg.model.freeze_layers < 0 or (cfg.model.freeze_layers and cfg.model.type != "bert"):
+        raise ConfigError(f"model.freeze_layers must be >= 0, and is for the BERT tagger only, got "
+                          f"{cfg.model.freeze_layers} with model.type {cfg.model.type!r}")
     if 0 < cfg.model.pack_pieces < 8:
         raise ConfigError(f"model.pack_pieces must be 0 (off) or at least 8, got {cfg.model.pack_pieces}")
 
