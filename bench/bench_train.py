@@ -13,8 +13,8 @@
 * ``bert@model.use_crf=true@...``: a recipe with overrides (ablations of one lever at a time); its run
   folder is OUT/<recipe>@<overrides>.
 
-Prints one table (entity F1 valid/test, per type, training wall time, tokens/s, time to reach the HF
-test F1) and writes it as JSON to OUT/bench_train.json.  Run it alone on the machine: timings are wall
+Prints one table (entity F1 valid/test, per type, training wall time, tokens/s, words/s, time to reach the
+HF test F1) and writes it as JSON to OUT/bench_train.json.  Run it alone on the machine: timings are wall
 time on the same cores.
 """
 
@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +76,7 @@ def hf_baseline(data_path: str, encoder: str, out: str, threads: int) -> dict:
               "num_parameters": sum(p.numel() for p in model.parameters())}
     n_tokens = sum(len(r["input_ids"]) for r in data["train"]) * 3
     result["train_tokens_per_s"] = n_tokens / wall
+    result["epochs"] = 3
     model.eval()
     for fold in ("valid", "test"):
         words = []
@@ -100,9 +102,18 @@ def ours(which: str, data_path: str, out: str, threads: int) -> dict:
     with open(os.path.join(out, "metrics.json")) as f:
         result = json.load(f)
     result["name"] = f"ner-taggers {which}"
+    result["epochs"] = gold_epochs(out)
     with open(os.path.join(out, "train_log.jsonl")) as f:
         result["evals"] = [r for r in map(json.loads, f) if r["event"] == "eval"]
     return result
+
+
+def gold_epochs(run_dir: str) -> int | None:
+    """A run's whole epochs over the gold training fold alone, from its resolved config; None for a run cut
+    by ``train.max_steps`` or taught extra rows (``data.teacher``), whose words are not those epochs'."""
+    with open(os.path.join(run_dir, "config.toml"), "rb") as f:
+        cfg = tomllib.load(f)
+    return None if cfg["train"].get("max_steps") or cfg["data"].get("teacher") else cfg["train"]["epochs"]
 
 
 def main() -> None:
@@ -112,7 +123,17 @@ def main() -> None:
     p.add_argument("--which", default="hf,bert,bilstm")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--encoder", default="")
+    p.add_argument("--table-only", action="store_true",
+                   help="print the table of the runs already in OUT/bench_train.json, training nothing")
     args = p.parse_args()
+    if args.table_only:
+        with open(os.path.join(args.out, "bench_train.json")) as f:
+            results = json.load(f)
+        for which, r in results.items():  # a table written before the words/s column
+            if "epochs" not in r:
+                r["epochs"] = 3 if which == "hf" else gold_epochs(os.path.join(args.out, which))
+        print_table(results, args, f"table of {os.path.join(args.out, 'bench_train.json')}")
+        return
     from train.config import resolve_encoder
 
     encoder = resolve_encoder(args.encoder)
@@ -127,21 +148,30 @@ def main() -> None:
         results[which]["process_wall_s"] = time.perf_counter() - t0
         with open(os.path.join(args.out, "bench_train.json"), "w") as f:
             json.dump(results, f, indent=1)
+    print_table(results, args, time.strftime('%Y-%m-%dT%H:%M:%S'))
 
+
+def print_table(results: dict, args, when: str) -> None:
+    from common.data import load_folds
+
+    # words/s: the training fold's words times the epochs over the training seconds, the same count for any
+    # windowing (tokens/s also counts each window's special tokens, which packing shares between sentences)
+    train_words = sum(len(s.tokens) for s in load_folds(args.data)["train"])
     hf_test = results.get("hf", {}).get("test", {}).get("f1")
-    print(f"\n# bench_train  {time.strftime('%Y-%m-%dT%H:%M:%S')}  threads {args.threads}  cpus {os.cpu_count()}")
+    print(f"\n# bench_train  {when}  threads {args.threads}  cpus {os.cpu_count()}")
     print(f"{'run':44s} {'valid F1':>8s} {'test F1':>8s} {'strict':>7s}  {'PER':>5s} {'ORG':>5s} {'LOC':>5s} "
-          f"{'MISC':>5s}  {'train s':>8s} {'tok/s':>7s}  {'to HF test F1':>13s}")
+          f"{'MISC':>5s}  {'train s':>8s} {'tok/s':>7s} {'words/s':>7s}  {'to HF test F1':>13s}")
     for which, r in results.items():
         per = r["test"]["per_type"]
         reach = "-"
         if hf_test is not None and "evals" in r:
             hit = [e for e in r["evals"] if e.get("test_f1", 0) >= hf_test]
             reach = f"{hit[0]['elapsed_s']:.0f} s" if hit else "never"
+        words_per_s = f"{train_words * r['epochs'] / r['train_wall_s']:7.0f}" if r.get("epochs") else "      -"
         print(f"{r['name']:44s} {100 * r['valid']['f1']:8.2f} {100 * r['test']['f1']:8.2f} "
               f"{100 * r['test']['strict']['f1']:7.2f}  "
               + " ".join(f"{100 * per[t]['f1']:5.1f}" if t in per else "    -" for t in ("PER", "ORG", "LOC", "MISC"))
-              + f"  {r['train_wall_s']:8.0f} {r['train_tokens_per_s']:7.0f}  {reach:>13s}")
+              + f"  {r['train_wall_s']:8.0f} {r['train_tokens_per_s']:7.0f} {words_per_s}  {reach:>13s}")
         for e in r.get("evals", []):
             print(f"    step {e['step']:5d}  {e['elapsed_s']:6.0f} s  valid F1 {100 * e['f1']:.2f}  "
                   f"test F1 {100 * e.get('test_f1', float('nan')):.2f}")
