@@ -30,6 +30,7 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+HF_EPOCHS = 3  # run_ner.py's default
 sys.path.insert(0, str(REPO))
 
 
@@ -63,7 +64,7 @@ def hf_baseline(data_path: str, encoder: str, out: str, threads: int) -> dict:
     model = AutoModelForTokenClassification.from_pretrained(
         encoder, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_to_id)
     args = TrainingArguments(output_dir=out, learning_rate=5e-5, per_device_train_batch_size=32,
-                             per_device_eval_batch_size=64, num_train_epochs=3, weight_decay=0.01,
+                             per_device_eval_batch_size=64, num_train_epochs=HF_EPOCHS, weight_decay=0.01,
                              train_sampling_strategy="group_by_length", save_strategy="no", eval_strategy="no", logging_steps=50,
                              report_to=[], seed=42, use_cpu=not torch.cuda.is_available(),
                              dataloader_num_workers=0)
@@ -74,9 +75,9 @@ def hf_baseline(data_path: str, encoder: str, out: str, threads: int) -> dict:
     wall = time.perf_counter() - t0
     result = {"name": "hf run_ner recipe", "train_wall_s": wall,
               "num_parameters": sum(p.numel() for p in model.parameters())}
-    n_tokens = sum(len(r["input_ids"]) for r in data["train"]) * 3
+    n_tokens = sum(len(r["input_ids"]) for r in data["train"]) * HF_EPOCHS
     result["train_tokens_per_s"] = n_tokens / wall
-    result["epochs"] = 3
+    result["epochs"] = HF_EPOCHS
     model.eval()
     for fold in ("valid", "test"):
         words = []
@@ -131,7 +132,7 @@ def main() -> None:
             results = json.load(f)
         for which, r in results.items():  # a table written before the words/s column
             if "epochs" not in r:
-                r["epochs"] = 3 if which == "hf" else gold_epochs(os.path.join(args.out, which))
+                r["epochs"] = HF_EPOCHS if which == "hf" else gold_epochs(os.path.join(args.out, which))
         print_table(results, args, f"table of {os.path.join(args.out, 'bench_train.json')}")
         return
     from train.config import resolve_encoder
