@@ -160,7 +160,7 @@ def print_table(results: dict, args, when: str) -> None:
     train_words = sum(len(s.tokens) for s in load_folds(args.data)["train"])
     hf_test = results.get("hf", {}).get("test", {}).get("f1")
     print(f"\n# bench_train  {when}  threads {args.threads}  cpus {os.cpu_count()}")
-    print(f"{'run':44s} {'valid F1':>8s} {'test F1':>8s} {'strict':>7s}  {'PER':>5s} {'ORG':>5s} {'LOC':>5s} "
+    print(f"{'run':44s} {'valid F1':>8s} {'test F1':>8s} {'alone':>6s} {'strict':>7s}  {'PER':>5s} {'ORG':>5s} {'LOC':>5s} "
           f"{'MISC':>5s}  {'train s':>8s} {'tok/s':>7s} {'words/s':>7s}  {'to HF test F1':>13s}")
     for which, r in results.items():
         per = r["test"]["per_type"]
@@ -169,7 +169,9 @@ def print_table(results: dict, args, when: str) -> None:
             hit = [e for e in r["evals"] if e.get("test_f1", 0) >= hf_test]
             reach = f"{hit[0]['elapsed_s']:.0f} s" if hit else "never"
         words_per_s = f"{train_words * r['epochs'] / r['train_wall_s']:7.0f}" if r.get("epochs") else "      -"
-        print(f"{r['name']:44s} {100 * r['valid']['f1']:8.2f} {100 * r['test']['f1']:8.2f} "
+        alone = r["test"].get("sentences_alone", {}).get("f1")  # test F1 with no document context
+        alone = f"{100 * alone:6.2f}" if alone is not None else "     -"
+        print(f"{r['name']:44s} {100 * r['valid']['f1']:8.2f} {100 * r['test']['f1']:8.2f} {alone} "
               f"{100 * r['test']['strict']['f1']:7.2f}  "
               + " ".join(f"{100 * per[t]['f1']:5.1f}" if t in per else "    -" for t in ("PER", "ORG", "LOC", "MISC"))
               + f"  {r['train_wall_s']:8.0f} {r['train_tokens_per_s']:7.0f} {words_per_s}  {reach:>13s}")

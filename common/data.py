@@ -11,6 +11,7 @@ that every fold's tags are in the model's label set with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -342,6 +343,12 @@ def load_folds(path: str, folds: Sequence[str] = FOLDS, scheme: str = "auto",
         raise DataError(f"{path}: fold {empty[0]!r} has no sentences" if len(empty) == 1 else
                         f"{path}: folds {', '.join(map(repr, empty))} have no sentences")
     return out
+
+
+def sentences_alone(sentences: list[Sentence]) -> list[Sentence]:
+    """Copies without document marks: each sentence is its own window, with no packing and no context (how
+    ``ner-tag`` meets a corpus of one sentence a row)."""
+    return [dataclasses.replace(s, doc=None) for s in sentences]
 
 
 def assign_documents(sentences: list[Sentence]) -> list[Sentence]:

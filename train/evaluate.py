@@ -1,6 +1,8 @@
 """Score an export on a labelled fold: ``python -m train.evaluate --model RUN/export --data DATA --fold test``.
 
-Prints entity P/R/F1 (seqeval default and strict IOB2), per type, and token accuracy as JSON.
+Prints entity P/R/F1 (seqeval default and strict IOB2), per type, and token accuracy as JSON, with the
+sentences' documents as context (as in training), and ``sentences_alone``: P/R/F1 with every sentence a
+window of its own, as ``ner-tag`` meets a corpus of one sentence a row.
 ``--decoding`` overrides the export's decoder (argmax / constrained) to compare them.
 ``--precision fp32,bf16`` scores the export in each precision (weights cast as the batch tagger does) and
 adds how alike the taggings are (``agreement``: share of identical entity spans and sentences against the
@@ -13,7 +15,7 @@ import argparse
 import json
 import sys
 
-from common.data import DataError, load_folds
+from common.data import DataError, assign_documents, load_folds, sentences_alone
 from common.labels import label_list
 from common.distributed import resolve_device
 from common.metrics import score_words, span_agreement
@@ -35,7 +37,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     try:
-        sentences = load_folds(args.data, folds=(args.fold,))[args.fold]
+        sentences = assign_documents(load_folds(args.data, folds=(args.fold,))[args.fold])  # as in training
         results, tags = {}, {}
         for requested in args.precision:
             precision = resolve_precision(requested, device)
@@ -43,9 +45,13 @@ def main(argv=None) -> int:
             check_labels(windower.labels, label_list(sentences), f"{args.data}: fold {args.fold!r}")
             if args.decoding != "export":
                 model.constrained_decoding = args.decoding == "constrained"
-            results[precision], tags[precision] = score(cast_for_inference(model, precision, device),
-                                                        windower.windows(sentences), sentences, windower.labels,
-                                                        device, precision, args.max_tokens, windower.pad_id)
+            model = cast_for_inference(model, precision, device)
+            results[precision], tags[precision] = score(model, windower.windows(sentences), sentences,
+                                                        windower.labels, device, precision, args.max_tokens,
+                                                        windower.pad_id)
+            alone, _ = score(model, windower.windows(sentences_alone(sentences)), sentences, windower.labels,
+                             device, precision, args.max_tokens, windower.pad_id)
+            results[precision]["sentences_alone"] = {k: alone[k] for k in ("precision", "recall", "f1")}
     except (DataError, ExportError) as e:
         print(f"ner-evaluate: error: {e}", file=sys.stderr)
         return 2

@@ -180,6 +180,8 @@ class Tracker:
                     summary[f"{fold}/{k}"] = scores[k]
             if "strict" in scores:
                 summary[f"{fold}/strict_f1"] = scores["strict"]["f1"]
+            if "sentences_alone" in scores:
+                summary[f"{fold}/sentences_alone_f1"] = scores["sentences_alone"]["f1"]
             for etype, s in scores["per_type"].items():
                 for k in ("precision", "recall", "f1", "support"):
                     if k in s:

@@ -23,7 +23,7 @@ import torch
 
 from common import distributed
 from common.batching import TokenBudgetBatchSampler, collate_windows
-from common.data import DataError, Sentence, assign_documents, load_folds
+from common.data import DataError, Sentence, assign_documents, load_folds, sentences_alone
 from common.labels import check_fold_labels, label_list
 from common.rundir import RunFolder
 from common.teacher import load_teacher
@@ -327,6 +327,14 @@ class Trainer:
         return score(model, self.windows[fold], self.data.folds[fold], self.data.labels, self.info.device,
                      self.precision, self.cfg.train.eval_max_tokens, self.windower.pad_id, self.info)
 
+    def score_sentences_alone(self, model, fold: str) -> dict:
+        """P/R/F1 on ``fold`` with every sentence a window of its own (no packing, no document context)."""
+        sentences = self.data.folds[fold]
+        scores, _ = score(model, self.windower.windows(sentences_alone(sentences)), sentences, self.data.labels,
+                          self.info.device, self.precision, self.cfg.train.eval_max_tokens, self.windower.pad_id,
+                          self.info)
+        return {k: scores[k] for k in ("precision", "recall", "f1")} | {"strict_f1": scores["strict"]["f1"]}
+
     def save(self) -> None:
         save_checkpoint(self.engine, dataclasses.asdict(self.state), self.run_dir.root, self.info)
 
@@ -357,12 +365,15 @@ class Trainer:
         for fold in ("valid", "test"):
             scores, pred_tags = self.score(best_model, fold)
             result[fold] = scores
+            result[fold]["sentences_alone"] = self.score_sentences_alone(best_model, fold)
             if self.info.is_main:
                 self.run_dir.write_predictions(fold, ({"index": s.index, "tokens": s.tokens, "gold": s.tags,
                                                        "pred": p} for s, p in zip(self.data.folds[fold], pred_tags)))
             log.info("best model (step %d) on %s: entity F1 %.2f (P %.2f R %.2f), strict F1 %.2f, token acc %.2f",
                      state.best_step, fold, 100 * scores["f1"], 100 * scores["precision"], 100 * scores["recall"],
                      100 * scores["strict"]["f1"], 100 * scores["token_accuracy"])
+            log.info("best model on %s, every sentence alone (no document context): entity F1 %.2f", fold,
+                     100 * scores["sentences_alone"]["f1"])
         if not self.info.is_main:
             return None
         self.run_dir.write_metrics(result)
