@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -349,6 +350,15 @@ def sentences_alone(sentences: list[Sentence]) -> list[Sentence]:
     """Copies without document marks: each sentence is its own window, with no packing and no context (how
     ``ner-tag`` meets a corpus of one sentence a row)."""
     return [dataclasses.replace(s, doc=None) for s in sentences]
+
+
+def some_alone(sentences: list[Sentence], fraction: float, seed: int) -> list[Sentence]:
+    """Copies in which a share ``fraction`` of the sentences, drawn once by ``seed``, lose their document mark
+    (so they become windows of their own: no packing, no context); the others are the originals."""
+    if fraction <= 0:
+        return list(sentences)
+    draw = random.Random(seed)
+    return [dataclasses.replace(s, doc=None) if draw.random() < fraction else s for s in sentences]
 
 
 def assign_documents(sentences: list[Sentence]) -> list[Sentence]:

@@ -29,6 +29,9 @@ class DataConfig:
     """Fixed label list; empty = taken from the training fold."""
     max_sentences: int = 0
     """Use only the first N sentences of each fold (0 = all); for smoke runs."""
+    alone_fraction: float = 0.0
+    """Share of training sentences given as windows of their own (no packing, no document context), drawn once
+    by train.seed: teaches a model trained with document context to tag single sentences too (0 = none)."""
     teacher: str = ""
     """Distillation: a ``ner-tag --word-probs`` output folder (a teacher export's word probabilities on
     unlabelled text); its rows join the training fold and teach through the model's loss (empty = off)."""
@@ -189,6 +192,8 @@ def validate(cfg: Config) -> None:
     if cfg.train.dropout_kernel not in DROPOUT_KERNELS:
         raise ConfigError(f"train.dropout_kernel must be {', '.join(DROPOUT_KERNELS)}, "
                           f"got {cfg.train.dropout_kernel!r}")
+    if not 0 <= cfg.data.alone_fraction <= 1:
+        raise ConfigError(f"data.alone_fraction must be in [0, 1], got {cfg.data.alone_fraction}")
     if cfg.optim.grad_accum < 1:
         raise ConfigError("optim.grad_accum must be >= 1")
     if cfg.train.max_tokens < 8:

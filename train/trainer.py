@@ -23,7 +23,7 @@ import torch
 
 from common import distributed
 from common.batching import TokenBudgetBatchSampler, collate_windows
-from common.data import DataError, Sentence, assign_documents, load_folds, sentences_alone
+from common.data import DataError, Sentence, assign_documents, load_folds, sentences_alone, some_alone
 from common.labels import check_fold_labels, label_list
 from common.rundir import RunFolder
 from common.teacher import load_teacher
@@ -142,7 +142,9 @@ class Trainer:
             use_fast_dropout(self.model)
         self.windower = make_windower(cfg.model, self.data.labels, self.data.tokenizer, self.model)
         t0 = time.perf_counter()
-        self.windows = {fold: self.windower.windows(s) for fold, s in self.data.folds.items()}
+        self.windows = {fold: self.windower.windows(some_alone(s, cfg.data.alone_fraction, cfg.train.seed)
+                                                    if fold == "train" else s)
+                        for fold, s in self.data.folds.items()}
         self.windows["train"] += self.windower.windows(self.data.taught)
         log.info("encoded %s windows in %.1f s; labels %s", {k: len(v) for k, v in self.windows.items()},
                  time.perf_counter() - t0, self.data.labels)
