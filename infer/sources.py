@@ -209,6 +209,13 @@ def plan_parts(sources: Sequence[Source], rows_per_part: int) -> list[Part]:
     return parts
 
 
+def column_texts(text) -> list:
+    """A text column's values as Python strings (``None`` for nulls), whatever string type it has."""
+    if pa.types.is_dictionary(text.type) or pa.types.is_null(text.type):
+        text = text.cast(pa.string())
+    return text.to_pylist()
+
+
 def read_buffers(src: Source, part: Part, columns: Sequence[str], text_column: str,
                  max_rows: int, max_chars: int) -> Iterator[tuple[pa.Table, list]]:
     """Stream the part's rows as ``(carried columns, texts)`` buffers of bounded size, in order."""
@@ -222,10 +229,7 @@ def read_buffers(src: Source, part: Part, columns: Sequence[str], text_column: s
 
     def flush():
         table = pa.Table.from_batches(pending, schema=pending[0].schema)
-        text = table.column(text_column)
-        if pa.types.is_dictionary(text.type) or pa.types.is_null(text.type):
-            text = text.cast(pa.string())
-        return table.select(list(columns)), text.to_pylist()
+        return table.select(list(columns)), column_texts(table.column(text_column))
 
     batch_rows = max(1, min(max_rows, 4096))
     try:
