@@ -26,6 +26,8 @@ from typing import Iterator, Sequence
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from . import fs
+
 
 class InputError(ValueError):
     """Input that cannot be tagged; the message names the file and column."""
@@ -75,7 +77,12 @@ def _is_string(t: pa.DataType) -> bool:
 def _datasets(inputs: Sequence[str]) -> list[ds.Dataset]:
     out = []
     for spec in inputs:
-        if os.path.isdir(spec):
+        if fs.is_uri(spec):  # s3://bucket/prefix/, a key or a glob, through pyarrow's file systems
+            dataset = fs.parquet_dataset(spec)
+            if dataset is None:
+                raise InputError(f"{spec}: no such object, prefix or matching glob")
+            out.append(dataset)
+        elif os.path.isdir(spec):
             out.append(ds.dataset(spec, format="parquet", partitioning="hive"))
         elif os.path.isfile(spec):
             out.append(ds.dataset([spec], format="parquet"))
@@ -139,7 +146,8 @@ def discover(inputs: Sequence[str], text_column: str, columns: Sequence[str] | N
     for d in datasets:
         fragments = sorted(d.get_fragments(), key=lambda f: f.path)
         for frag in fragments:
-            path = os.path.abspath(frag.path)
+            name = fs.uri_of(frag.path, getattr(d, "filesystem", None))  # local paths as they are
+            path = fs.abspath(name)
             if path in seen:
                 continue
             seen.add(path)
@@ -156,8 +164,8 @@ def discover(inputs: Sequence[str], text_column: str, columns: Sequence[str] | N
             if not _is_string(field.type):
                 raise InputError(f"{frag.path}: text column {text_column!r} has type {field.type}, "
                                  "expected a string column; choose another with --text-column")
-            sources.append(Source(frag.path, frag, physical, rg_rows))
-            schemas.append((frag.path, _file_schema(physical, d)))
+            sources.append(Source(name, frag, physical, rg_rows))
+            schemas.append((name, _file_schema(physical, d)))
     if not sources:
         raise InputError(f"no Parquet files found in {list(inputs)}")
     unified = _unify(schemas)
