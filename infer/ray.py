@@ -5,7 +5,7 @@
 
     ds = ray.data.read_parquet("s3://bucket/corpus/")
     ds = ds.map_batches(NerTagger, fn_constructor_kwargs={"model": "/models/bert/export"},
-                        batch_size=4096, batch_format="pyarrow", num_gpus=1,
+                        batch_size=16384, batch_format="pyarrow", num_gpus=1,
                         compute=ray.data.ActorPoolStrategy(size=4))
     ds.write_parquet("s3://bucket/tagged/")
 
@@ -30,6 +30,7 @@ This module does not import Ray (Ray imports it in each actor); ``pip install .[
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -69,8 +70,9 @@ class NerTagger:
     The options are ner-tag's of the same name.  ``device="auto"`` takes the GPU Ray gave the actor
     (``num_gpus=1``), else the CPU; ``threads`` sets torch's threads (0: as Ray set them, the actor's
     ``num_cpus``).  Rows are tagged in buffers of at most ``buffer_rows`` rows / ``buffer_chars`` bytes of
-    text, each sorted by length into token-budget batches: a ``batch_size`` of about ``buffer_rows`` gives
-    the model batches ner-tag would make.
+    text, each sorted by length into token-budget batches, as ner-tag does; a thread prepares the next buffer of
+    a batch while the model runs on this one, so a ``batch_size`` of a few ``buffer_rows`` (:func:`tag_dataset`:
+    4) keeps the model busy.
     """
 
     def __init__(self, model: str, text_column: str = "text", device: str = "auto", precision: str = "auto",
@@ -133,14 +135,25 @@ class NerTagger:
                                               else text), 0)
         sizes = sizes.to_numpy() if table.num_rows else np.zeros(0, np.int64)
         outputs: dict[str, list] = {name: [] for name in added}
-        for a, b in buffer_bounds(sizes, self.opts.buffer_rows, self.opts.buffer_chars):
-            tagged = self.tagger.run(self.tagger.prepare(column_texts(text.slice(a, b - a))), self.opts.word_probs)
-            outputs["entities"].append(tagged.to_arrow())
-            if self.opts.word_probs:
-                outputs["words"].append(tagged.words)
-                outputs["word_probs"].append(tagged.word_probs)
-            del tagged
-            trim_malloc()
+        bounds = buffer_bounds(sizes, self.opts.buffer_rows, self.opts.buffer_chars)
+
+        def prepare(i):
+            a, b = bounds[i]
+            return self.tagger.prepare(column_texts(text.slice(a, b - a)))
+
+        # as in ner-tag, a thread prepares the next buffer while the model runs on this one
+        with ThreadPoolExecutor(1, thread_name_prefix="ner-tag-prepare") as pool:
+            ahead = pool.submit(prepare, 0) if bounds else None
+            for i in range(len(bounds)):
+                prep = ahead.result()
+                ahead = pool.submit(prepare, i + 1) if i + 1 < len(bounds) else None
+                tagged = self.tagger.run(prep, self.opts.word_probs)
+                outputs["entities"].append(tagged.to_arrow())
+                if self.opts.word_probs:
+                    outputs["words"].append(tagged.words)
+                    outputs["word_probs"].append(tagged.word_probs)
+                del prep, tagged
+                trim_malloc()
         types = {"entities": ENTITIES_TYPE, "words": WORDS_TYPE, "word_probs": word_probs_type(len(self.labels))}
         for name in added:
             table = table.append_column(pa.field(name, types[name]), pa.chunked_array(outputs[name], types[name]))
@@ -165,7 +178,7 @@ def check_model(model: str) -> None:
 
 
 def tag_dataset(ds, model: str, *, actors: int = 1, num_gpus: float = 0, num_cpus: float = 1,
-                batch_size: int = 4096, **options):
+                batch_size: int = 16384, **options):
     """``ds.map_batches(NerTagger, ...)`` with ``actors`` actors of ``num_gpus`` GPUs / ``num_cpus`` CPUs each,
     after :func:`check_model`; ``options`` go to :class:`NerTagger` (``text_column``, ``precision``, ...)."""
     import ray.data

@@ -21,6 +21,7 @@ from taggers.export import ExportError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NEWS = REPO_ROOT.parent / "shared" / "corpus" / "news_sentences.parquet"
 ROWS = 2000
+BUFFER_ROWS = 500  # several buffers per batch: the next one is prepared while the model runs
 BAD_ROWS = [None, "", "   \n\t", "\u200b", "Peter Blackburn visited New York .", "x" * 700 + " Germany"]
 
 
@@ -46,7 +47,7 @@ def _ner_tag(export, table: pa.Table, tmp) -> pa.Table:
     pq.write_table(table, path, row_group_size=500)
     out = tmp / "ner-tag"
     assert main(["--model", str(export), "--input", str(path), "--output", str(out), "--threads", "1",
-                 "--no-progress"]) == 0
+                 "--no-progress", "--buffer-rows", str(BUFFER_ROWS)]) == 0
     return ds.dataset(str(out), format="parquet").to_table().sort_by("id")
 
 
@@ -110,7 +111,7 @@ def test_ray_pipeline_gives_ner_tag_spans(ray_cluster, tiny_exports, tmp_path):
     src.mkdir()
     pq.write_table(table, src / "rows.parquet", row_group_size=500)
     out = tmp_path / "ray_out"
-    tagged = tag_dataset(ray.data.read_parquet(str(src)), str(export), actors=1, threads=1)
+    tagged = tag_dataset(ray.data.read_parquet(str(src)), str(export), actors=1, threads=1, buffer_rows=BUFFER_ROWS)
     tagged.write_parquet(str(out))
     got = ds.dataset(str(out), format="parquet").to_table().sort_by("id")
 
