@@ -39,8 +39,9 @@ _FILESYSTEMS: dict[str, object] = {}
 
 
 def is_uri(path) -> bool:
-    """``s3://...``, ``gs://...`` and the like (``file://`` too); not a local path."""
-    return isinstance(path, str) and bool(_SCHEME.match(path))
+    """``s3://...``, ``gs://...`` and the like; not a local path (nor ``file://``, which os functions then refuse:
+    pyarrow's local file system writes in place, without the renames that keep parts whole)."""
+    return isinstance(path, str) and bool(_SCHEME.match(path)) and not path.startswith("file://")
 
 
 def resolve(uri: str):
@@ -213,16 +214,6 @@ def lock_dir(out_dir: str) -> str:
     root = os.environ.get("NER_TAG_LOCK_DIR") or tempfile.gettempdir()
     digest = hashlib.sha256(abspath(out_dir).encode()).hexdigest()[:16]
     return os.path.join(root, f"ner-tag-locks-{digest}")
-
-
-def mine(tmp_name: str) -> bool:
-    """Whether a temporary file left by a dead process may be removed by the holder of its part's claim: always on
-    a disk (claims hold across machines there); in an object store only this machine's (claims are local)."""
-    if not is_uri(tmp_name):
-        return True
-    import socket
-
-    return f".tmp-{socket.gethostname()}-" in tmp_name
 
 
 def parquet_dataset(spec: str):

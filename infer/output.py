@@ -231,10 +231,11 @@ class PartWriter:
         self.part = part
         self.final = fs.join(out_dir, part_name(part["index"]))
         self.tmp = temp_name(fs.join(out_dir, f".{part_name(part['index'])}"))
-        for stale in fs.glob(fs.join(out_dir, f".{part_name(part['index'])}.tmp-*")):
+        # in an object store an upload cut short leaves no object: nothing to clear (and no listing per part)
+        stale_names = os.path.join(out_dir, f".{part_name(part['index'])}.tmp-*")
+        for stale in [] if fs.is_uri(out_dir) else glob.glob(stale_names):
             with contextlib.suppress(OSError):
-                if fs.mine(stale):
-                    fs.remove(stale)
+                os.remove(stale)
         self.writer = fs.parquet_writer(self.tmp, schema)
         self.rows = 0
         self.started = time.time()
