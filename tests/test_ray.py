@@ -52,6 +52,8 @@ def _ner_tag(export, table: pa.Table, tmp) -> pa.Table:
 
 
 def test_tagger_without_ray_keeps_the_batch_and_refuses_bad_columns(tiny_exports):
+    """The callable itself (what each actor runs): several buffers, word_probs, pandas batches, and ner-tag's
+    refusals of a non-string or missing text column."""
     tagger = NerTagger(str(tiny_exports["bert"] / "export"), threads=1, buffer_rows=2, word_probs=True)
     batch = pa.table({"id": list(range(len(BAD_ROWS))), "text": BAD_ROWS})
     out = tagger(batch)
