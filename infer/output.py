@@ -22,6 +22,10 @@ redoes only the unfinished parts.  Several processes (torchrun ranks, SLURM
 array tasks) share the folder: a process tags a part only while it holds the
 part's claim (:func:`claim_part`, an exclusive ``flock`` that the kernel drops
 when the process dies, so a killed holder's part is claimed again next run).
+
+``OUT`` may be an object-store URI (``s3://bucket/tagged/``): the same files go through :mod:`infer.fs`
+(parts streamed to a temporary key and moved when complete), and the lock and claims live in a local
+folder, so they hold among the processes of one machine only.
 """
 
 from __future__ import annotations
