@@ -4,6 +4,8 @@
 * :mod:`infer.tagger` -- :class:`~infer.tagger.TextTagger`: texts in, entity spans out;
 * :mod:`infer.sources` / :mod:`infer.output` / :mod:`infer.runner` -- the Parquet batch job
   (streaming, sharding, resumable parts, summary); :mod:`infer.__main__` -- its CLI.
+* :mod:`infer.fs` -- local paths or object-store URIs (``s3://``, ``gs://``) for the batch job's input and output;
+* :mod:`infer.ray` -- :class:`~infer.ray.NerTagger`, the same tagging as a Ray Data ``map_batches`` callable.
 
 Library use::
 

@@ -50,8 +50,10 @@ def parse_args(argv=None):
                    help="export folder written by ner-train (RUN/export), or a Hugging Face token-classification "
                         "model folder or hub id (IOB/IOB2/BIOES id2label)")
     p.add_argument("--input", required=True, nargs="+", metavar="PATH",
-                   help="Parquet file(s), glob(s) or folder(s) (hive partitions become columns)")
-    p.add_argument("--output", required=True, help="output folder (created; resumed when it exists)")
+                   help="Parquet file(s), glob(s) or folder(s) (hive partitions become columns); also "
+                        "s3://bucket/prefix/ and other object-store URIs (see infer/fs.py)")
+    p.add_argument("--output", required=True, help="output folder (created; resumed when it exists), or an "
+                   "object-store URI such as s3://bucket/tagged/")
     p.add_argument("--text-column", default="text", help="column with the raw text (default: text)")
     p.add_argument("--id-column", help="column carried first into the output (e.g. a document id)")
     p.add_argument("--keep-columns", type=_columns, metavar="A,B",

@@ -22,6 +22,10 @@ redoes only the unfinished parts.  Several processes (torchrun ranks, SLURM
 array tasks) share the folder: a process tags a part only while it holds the
 part's claim (:func:`claim_part`, an exclusive ``flock`` that the kernel drops
 when the process dies, so a killed holder's part is claimed again next run).
+
+``OUT`` may be an object-store URI (``s3://bucket/tagged/``): the same files go through :mod:`infer.fs`
+(parts streamed to a temporary key and moved when complete), and the lock and claims live in a local
+folder, so they hold among the processes of one machine only.
 """
 
 from __future__ import annotations
@@ -32,12 +36,11 @@ import glob
 import hashlib
 import json
 import os
-import tempfile
 import time
 
-import pyarrow.parquet as pq
+from common.io import temp_name
 
-from common.io import temp_name, write_json
+from . import fs
 
 RUN_FILE = "_run.json"
 MANIFEST_DIR = "_manifest"
@@ -85,9 +88,11 @@ def open_folder(out_dir: str, run_info: dict, overwrite: bool) -> dict:
         with folder_lock(out_dir):
             info = init_folder(out_dir, run_info, overwrite)
         # a resumed folder gets nothing written above: find out now, not when the first part is done
-        tempfile.TemporaryFile(dir=out_dir).close()  # nameless where it can be: nothing left if killed
+        fs.check_writable(out_dir)
         return info
     except OSError as e:
+        if fs.is_uri(out_dir):
+            raise OutputError(f"--output {out_dir}: cannot create or write there: {e}") from None
         path = os.path.abspath(out_dir)
         while not os.path.exists(path):
             path = os.path.dirname(path)
@@ -98,8 +103,9 @@ def open_folder(out_dir: str, run_info: dict, overwrite: bool) -> dict:
 
 @contextlib.contextmanager
 def folder_lock(out_dir: str):
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, LOCK_FILE), "a") as f:
+    fs.makedirs(out_dir, exist_ok=True)
+    os.makedirs(fs.lock_dir(out_dir), exist_ok=True)
+    with open(os.path.join(fs.lock_dir(out_dir), LOCK_FILE), "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -114,15 +120,13 @@ def _ours(name: str) -> bool:
 
 def clear_folder(out_dir: str) -> None:
     """Remove what ner-tag wrote (parts, manifest, _run.json, _summary.json); other files stay."""
-    import shutil
-
-    for name in os.listdir(out_dir):
+    for name in fs.listdir(out_dir):
         if _ours(name) and name not in _LOCKS:
-            path = os.path.join(out_dir, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
+            path = fs.join(out_dir, name)
+            if fs.isdir(path):
+                fs.rmtree(path)
             else:
-                os.remove(path)
+                fs.remove(path)
 
 
 def init_folder(out_dir: str, run_info: dict, overwrite: bool) -> dict:
@@ -133,11 +137,10 @@ def init_folder(out_dir: str, run_info: dict, overwrite: bool) -> dict:
     first (parts of two precisions would differ in their scores and spans).
     A non-empty folder that ner-tag did not make is refused unless ``overwrite``.
     """
-    os.makedirs(out_dir, exist_ok=True)
-    run_path = os.path.join(out_dir, RUN_FILE)
-    if os.path.exists(run_path):
-        with open(run_path) as f:
-            old = json.load(f)
+    fs.makedirs(out_dir, exist_ok=True)
+    run_path = fs.join(out_dir, RUN_FILE)
+    if fs.exists(run_path):
+        old = fs.read_json(run_path)
         diffs = []
         if old.get("model", {}).get("fingerprint") != run_info["model"]["fingerprint"]:
             diffs.append(f"another model ({old.get('model', {}).get('path')!r}, this run: "
@@ -156,8 +159,8 @@ def init_folder(out_dir: str, run_info: dict, overwrite: bool) -> dict:
                               "its contents, or choose another --output")
         clear_folder(out_dir)
     else:
-        foreign = [n for n in os.listdir(out_dir) if not _ours(n)]
-        ours = [n for n in os.listdir(out_dir) if _ours(n) and n not in _LOCKS]
+        foreign = [n for n in fs.listdir(out_dir) if not _ours(n)]
+        ours = [n for n in fs.listdir(out_dir) if _ours(n) and n not in _LOCKS]
         if ours and not overwrite:
             raise OutputError(f"{out_dir} holds ner-tag output without {RUN_FILE}; pass --overwrite to "
                               "replace it")
@@ -166,21 +169,20 @@ def init_folder(out_dir: str, run_info: dict, overwrite: bool) -> dict:
                               "choose an empty or new --output, or pass --overwrite to write into it anyway")
         if ours:
             clear_folder(out_dir)
-    os.makedirs(os.path.join(out_dir, MANIFEST_DIR), exist_ok=True)
-    write_json(run_path, run_info)
+    fs.makedirs(fs.join(out_dir, MANIFEST_DIR), exist_ok=True)
+    fs.write_json(run_path, run_info)
     return run_info
 
 
 def manifest_path(out_dir: str, index: int) -> str:
-    return os.path.join(out_dir, MANIFEST_DIR, part_name(index).replace(".parquet", ".json"))
+    return fs.join(out_dir, MANIFEST_DIR, part_name(index).replace(".parquet", ".json"))
 
 
 def read_manifest(out_dir: str) -> dict[int, dict]:
     out = {}
-    for path in glob.glob(os.path.join(out_dir, MANIFEST_DIR, "part-*.json")):
+    for path in fs.glob(fs.join(out_dir, MANIFEST_DIR, "part-*.json")):
         try:
-            with open(path) as f:
-                entry = json.load(f)
+            entry = fs.read_json(path)
         except (OSError, ValueError):
             continue  # a torn write cannot happen (atomic rename), but be lenient
         out[int(entry["part"])] = entry
@@ -189,7 +191,7 @@ def read_manifest(out_dir: str) -> dict[int, dict]:
 
 def _is_done(out_dir: str, part: dict, entry: dict | None) -> bool:
     return bool(entry and entry.get("rows") == part["rows"] and entry.get("file") == part["file"]
-                and os.path.exists(os.path.join(out_dir, part_name(part["index"]))))
+                and fs.exists(fs.join(out_dir, part_name(part["index"]))))
 
 
 def done_parts(out_dir: str, plan: list[dict]) -> set[int]:
@@ -202,8 +204,7 @@ def part_done(out_dir: str, part: dict) -> bool:
     """:func:`done_parts` for one part (checked again after claiming it: another process may have just
     finished it)."""
     try:
-        with open(manifest_path(out_dir, part["index"])) as f:
-            entry = json.load(f)
+        entry = fs.read_json(manifest_path(out_dir, part["index"]))
     except (OSError, ValueError):
         return False
     return _is_done(out_dir, part, entry)
@@ -212,7 +213,7 @@ def part_done(out_dir: str, part: dict) -> bool:
 def claim_part(out_dir: str, index: int):
     """An open lock file held exclusively for part ``index`` (close it to release), or ``None`` when a
     live process holds it.  ``flock`` locks die with their process, so a killed holder blocks nothing."""
-    claims = os.path.join(out_dir, CLAIMS_DIR)
+    claims = os.path.join(fs.lock_dir(out_dir), CLAIMS_DIR)
     os.makedirs(claims, exist_ok=True)
     f = open(os.path.join(claims, part_name(index).replace(".parquet", ".lock")), "a")
     try:
@@ -232,12 +233,14 @@ class PartWriter:
     def __init__(self, out_dir: str, part: dict, schema):
         self.out_dir = out_dir
         self.part = part
-        self.final = os.path.join(out_dir, part_name(part["index"]))
-        self.tmp = temp_name(os.path.join(out_dir, f".{part_name(part['index'])}"))
-        for stale in glob.glob(os.path.join(out_dir, f".{part_name(part['index'])}.tmp-*")):
+        self.final = fs.join(out_dir, part_name(part["index"]))
+        self.tmp = temp_name(fs.join(out_dir, f".{part_name(part['index'])}"))
+        # in an object store an upload cut short leaves no object: nothing to clear (and no listing per part)
+        stale_names = os.path.join(out_dir, f".{part_name(part['index'])}.tmp-*")
+        for stale in [] if fs.is_uri(out_dir) else glob.glob(stale_names):
             with contextlib.suppress(OSError):
                 os.remove(stale)
-        self.writer = pq.ParquetWriter(self.tmp, schema)
+        self.writer = fs.parquet_writer(self.tmp, schema)
         self.rows = 0
         self.started = time.time()
 
@@ -250,19 +253,17 @@ class PartWriter:
         if self.rows != self.part["num_rows"]:
             raise AssertionError(f"part {self.part['index']}: wrote {self.rows} rows, "
                                  f"expected {self.part['num_rows']}")
-        with open(self.tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(self.tmp, self.final)
+        fs.publish(self.tmp, self.final)
         stats = {k: v for k, v in stats.items() if k not in ("rows", "parts")}
         entry = {"part": self.part["index"], "output": part_name(self.part["index"]), "file": self.part["file"],
                  "row_groups": self.part["row_groups"], "rows": self.part["rows"], "num_rows": self.rows,
                  **stats, "seconds": round(time.time() - self.started, 3), "finished_at": time.time(),
                  "host": os.uname().nodename, "pid": os.getpid()}
-        write_json(manifest_path(self.out_dir, self.part["index"]), entry)
+        fs.write_json(manifest_path(self.out_dir, self.part["index"]), entry)
         return entry
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
         with contextlib.suppress(OSError):
-            os.remove(self.tmp)
+            fs.remove(self.tmp)

@@ -47,9 +47,9 @@ import pyarrow as pa
 import torch
 
 from common import distributed
-from common.io import write_json
 from common.teacher import TEACHER_LABELS_KEY
 
+from . import fs
 from . import output as out_utils
 from .sources import InputError, discover, plan_parts, read_buffers
 from taggers.export import ExportError, load_tagger, read_export_config
@@ -258,14 +258,14 @@ def _run(opts: TagOptions, info, t0: float) -> dict:
 
     meta = read_export_config(opts.model)
     sources, columns = discover(opts.inputs, opts.text_column, carried_columns(opts))
-    out_abs = os.path.abspath(opts.output)
+    out_abs = fs.abspath(opts.output)
     for spec in opts.inputs:
-        if os.path.isdir(spec) and (out_abs + os.sep).startswith(os.path.abspath(spec) + os.sep):
+        if fs.isdir(spec) and (out_abs + os.sep).startswith(fs.abspath(spec) + os.sep):
             raise InputError(f"--output {opts.output} is inside the input folder {spec}; its parts would "
                              "be read as input next time. Choose an output folder outside the input.")
     parts = plan_parts(sources, opts.rows_per_part)
     plan = [p.to_json() for p in parts]
-    files = [{"path": os.path.abspath(s.path), "size": os.path.getsize(s.path), "rows": s.num_rows}
+    files = [{"path": fs.abspath(s.path), "size": fs.getsize(s.path), "rows": s.num_rows}
              for s in sources]
     input_options = {"text_column": opts.text_column, "columns": columns, "rows_per_part": opts.rows_per_part,
                      "chunking": opts.chunking, "chunk_pieces": opts.chunk_pieces, "word_probs": opts.word_probs}
@@ -300,7 +300,7 @@ def _run(opts: TagOptions, info, t0: float) -> dict:
     per_rank = distributed.gather_objects(this, info)
     summary = _summary(opts, per_rank, len(parts), t0, info, num_shards, shard_index)
     if info.is_main:
-        write_json(os.path.join(opts.output, out_utils.SUMMARY_FILE), summary)
+        fs.write_json(fs.join(opts.output, out_utils.SUMMARY_FILE), summary)
     return summary
 
 
@@ -417,7 +417,7 @@ def _summary(opts, per_rank: list[dict], parts_total: int, t0: float, info, num_
         "world_size": info.world_size, "num_shards": num_shards, "shard_index": shard_index,
         "ranks": per_rank,
     }
-    return {"output": os.path.abspath(opts.output), "model": os.path.abspath(opts.model), "this_run": this_run,
+    return {"output": fs.abspath(opts.output), "model": os.path.abspath(opts.model), "this_run": this_run,
             "total": totals, "finished_at": time.time()}
 
 
@@ -430,6 +430,6 @@ def format_summary(summary: dict) -> str:
         "entities per type: " + (", ".join(f"{k} {v:,}" for k, v in r["entities"].items()) or "none"),
         f"output: {t['parts_done']}/{t['parts_total']} parts done, {t['rows']:,} rows"
         + (" (complete)" if t["complete"] else " (incomplete: run again, or run the other shards)"),
-        f"summary: {os.path.join(summary['output'], out_utils.SUMMARY_FILE)}",
+        f"summary: {fs.join(summary['output'], out_utils.SUMMARY_FILE)}",
     ]
     return "\n".join(lines)

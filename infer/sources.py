@@ -26,6 +26,8 @@ from typing import Iterator, Sequence
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from . import fs
+
 
 class InputError(ValueError):
     """Input that cannot be tagged; the message names the file and column."""
@@ -75,7 +77,12 @@ def _is_string(t: pa.DataType) -> bool:
 def _datasets(inputs: Sequence[str]) -> list[ds.Dataset]:
     out = []
     for spec in inputs:
-        if os.path.isdir(spec):
+        if fs.is_uri(spec):  # s3://bucket/prefix/, a key or a glob, through pyarrow's file systems
+            dataset = fs.parquet_dataset(spec)
+            if dataset is None:
+                raise InputError(f"{spec}: no such object, prefix or matching glob")
+            out.append(dataset)
+        elif os.path.isdir(spec):
             out.append(ds.dataset(spec, format="parquet", partitioning="hive"))
         elif os.path.isfile(spec):
             out.append(ds.dataset([spec], format="parquet"))
@@ -139,7 +146,8 @@ def discover(inputs: Sequence[str], text_column: str, columns: Sequence[str] | N
     for d in datasets:
         fragments = sorted(d.get_fragments(), key=lambda f: f.path)
         for frag in fragments:
-            path = os.path.abspath(frag.path)
+            name = fs.uri_of(frag.path, getattr(d, "filesystem", None))  # local paths as they are
+            path = fs.abspath(name)
             if path in seen:
                 continue
             seen.add(path)
@@ -156,8 +164,8 @@ def discover(inputs: Sequence[str], text_column: str, columns: Sequence[str] | N
             if not _is_string(field.type):
                 raise InputError(f"{frag.path}: text column {text_column!r} has type {field.type}, "
                                  "expected a string column; choose another with --text-column")
-            sources.append(Source(frag.path, frag, physical, rg_rows))
-            schemas.append((frag.path, _file_schema(physical, d)))
+            sources.append(Source(name, frag, physical, rg_rows))
+            schemas.append((name, _file_schema(physical, d)))
     if not sources:
         raise InputError(f"no Parquet files found in {list(inputs)}")
     unified = _unify(schemas)
@@ -209,6 +217,13 @@ def plan_parts(sources: Sequence[Source], rows_per_part: int) -> list[Part]:
     return parts
 
 
+def column_texts(text) -> list:
+    """A text column's values as Python strings (``None`` for nulls), whatever string type it has."""
+    if pa.types.is_dictionary(text.type) or pa.types.is_null(text.type):
+        text = text.cast(pa.string())
+    return text.to_pylist()
+
+
 def read_buffers(src: Source, part: Part, columns: Sequence[str], text_column: str,
                  max_rows: int, max_chars: int) -> Iterator[tuple[pa.Table, list]]:
     """Stream the part's rows as ``(carried columns, texts)`` buffers of bounded size, in order."""
@@ -222,10 +237,7 @@ def read_buffers(src: Source, part: Part, columns: Sequence[str], text_column: s
 
     def flush():
         table = pa.Table.from_batches(pending, schema=pending[0].schema)
-        text = table.column(text_column)
-        if pa.types.is_dictionary(text.type) or pa.types.is_null(text.type):
-            text = text.cast(pa.string())
-        return table.select(list(columns)), text.to_pylist()
+        return table.select(list(columns)), column_texts(table.column(text_column))
 
     batch_rows = max(1, min(max_rows, 4096))
     try:
