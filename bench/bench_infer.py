@@ -13,7 +13,7 @@ temporary Parquet file and times
 * ner-tag: ``infer.runner.run`` on the sample file, once per ``--precision``
   (reading, tagging and writing the Parquet output; model loading not timed);
 
-and prints words/s (words = ``infer.words.split_words`` words of the sample,
+and prints words/s (words = ``infer.word_arrays.split_texts`` words of the sample,
 the same count for both), the speedup, and span agreement with the baseline:
 F1 between the two sets of ``(start, end, label)`` character spans (exact
 match), overall and restricted to the part of each text the baseline saw (it
@@ -247,7 +247,7 @@ def main():
     corpora = args.corpus or [str(REPO.parent / "shared/corpus/news_sentences.parquet") + ":2000",
                               str(REPO.parent / "shared/corpus/reuters21578.parquet") + ":300"]
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    from infer.words import split_words
+    from infer.word_arrays import split_texts
 
     gpu = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else None
     print(f"model {model} ({meta['model_type']}, {sum(1 for _ in meta['labels'])} labels); torch {torch.__version__}, "
@@ -257,7 +257,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
         for spec in ([] if args.memory_only else corpora):
             path, texts, name = load_sample(spec, tmp)
-            words = sum(len(split_words(t)[0]) for t in texts if t)
+            words = split_texts(texts).num_words
             print(f"\n== {name}: {len(texts)} rows, {words:,} words ==", flush=True)
             base_spans, seen, base_s, truncated, base_extra = run_baseline(model, texts, args.batch_size, args.device)
             base_wps = words / base_s

@@ -7,7 +7,7 @@ The work is split in two so that the CPU part runs beside the model (see :mod:`i
   window or sentence:
 
   - words with exact offsets for all texts at once (:func:`infer.word_arrays.split_texts`: the rules of
-    :func:`infer.words.split_words`), their casing classes (:func:`infer.word_arrays.casing_classes`);
+    :mod:`infer.words`), their casing classes (:func:`infer.word_arrays.casing_classes`);
   - word pieces: for BERT-style tokenizers (BERT normaliser and pre-tokeniser, the project's default) a
     word's pieces do not depend on its neighbours, so each distinct word is encoded once per process (the
     words met so far keep their pieces: :class:`_Vocabulary`); new words are encoded joined by single

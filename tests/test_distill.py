@@ -22,7 +22,7 @@ from common.encoding import IGNORE_INDEX, PieceWindower
 from common.spans import tags_to_spans
 from common.tagdir import SUMMARY_FILE
 from common.teacher import load_teacher
-from infer.words import split_words
+from tests.reference_words import split_words
 from taggers.export import load_tagger
 from tests.tiny_models import tiny_train_args
 from train.__main__ import main
