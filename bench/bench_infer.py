@@ -48,7 +48,7 @@ The host side (``--host-side``): everything but the model, in one command::
   checkout (no host workers there) side by side;
 * with ``--model``: per ``--precision`` the model alone (a fresh process, ``TextTagger.predict`` over
   batches prepared beforehand, all cores; once as is and once under ner-tag's glibc settings,
-  ``infer.runner.bound_malloc``) in pieces/s and words/s, ``ner-tag`` end to end (default threads and host
+  ``infer.memory.bound_malloc``; ``bench_common.model_only``) in pieces/s and words/s, ``ner-tag`` end to end (default threads and host
   workers) on the first ``--e2e-rows`` rows, the three one after the other ``--repeats`` times (the
   ratios are of the medians: the model alone swings ~14% between runs on shared cores), the share of each
   ner-tag run's tagging time spent in the model (``predict_batches``, timed in that same process, so free of
@@ -75,6 +75,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_common import model_only  # noqa: E402
 
 
 def parse_args():
@@ -427,54 +430,6 @@ def bf16_matmul_peak(threads: int, n: int = 2048, seconds: float = 3.0) -> float
     return 2 * n ** 3 * reps / (time.perf_counter() - t0)
 
 
-_MODEL_DRIVER = """
-import json, sys, time
-model, src, precision, threads, malloc = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
-import pyarrow.parquet as pq, torch
-from infer.tagger import TextTagger
-if malloc:  # ner-tag's glibc settings (infer.runner.bound_malloc, trim_malloc after every buffer)
-    from infer.runner import bound_malloc, trim_malloc
-    bound_malloc()
-torch.set_num_threads(threads)
-texts = pq.read_table(src, columns=["text"]).column("text").to_pylist()
-tagger = TextTagger.from_export(model, "cpu", precision=precision)
-preps = [tagger.prepare(texts[i:i + 4096]) for i in range(0, len(texts), 4096)]
-tagger.predict(tagger.prepare(["Warm up."]))  # thread pools; each batch shape is new, as in ner-tag
-t0 = time.perf_counter()
-for p in preps:
-    tagger.predict(p)
-    if malloc:
-        trim_malloc()
-seconds = time.perf_counter() - t0
-windows = sum(len(b["input_ids"]) for p in preps for b in p.batches)
-out = {"seconds": seconds, "words": sum(p.num_words for p in preps), "pieces": sum(p.num_pieces for p in preps),
-       "padded": sum(p.padded_pieces for p in preps)}
-out["mean_window"] = out["padded"] / max(windows, 1)
-cfg = getattr(getattr(tagger.model, "encoder", None), "config", None)
-if cfg is not None:  # a BERT encoder: multiply-adds x 2 per piece (projections, feed-forward, attention, head)
-    h, i, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    out["flops_per_piece"] = layers * (2 * (4 * h * h + 2 * h * i) + 4 * h * out["mean_window"]) \\
-        + 2 * h * len(tagger.labels)
-print("RESULT " + json.dumps(out))
-"""
-
-
-def model_only(model: str, src: str, precision: str, threads: int, malloc_like_ner_tag: bool,
-               prelude: str = "") -> dict:
-    """The model alone, in a fresh process: ``TextTagger.predict`` over all buffers of ``src``, prepared
-    beforehand (not timed); with ``malloc_like_ner_tag`` under ner-tag's glibc settings; ``prelude``: Python
-    run first in that process (e.g. other ``infer.memory`` thresholds)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("OMP_NUM_THREADS", None)
-    cmd = [sys.executable, "-c", prelude + "\n" + _MODEL_DRIVER, model, src, precision, str(threads),
-           str(int(malloc_like_ner_tag))]
-    r = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True)
-    lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
-    if r.returncode or not lines:
-        raise RuntimeError(f"model-only run failed:\n{r.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
-
-
 def host_side(args):
     import torch
 
@@ -513,9 +468,9 @@ def host_side(args):
                 rounds = []  # the three runs one after the other, --repeats times, so that drift hits all three
                 for k in range(args.repeats):
                     load = wait_quiet(args)
-                    m = model_only(args.model, e2e_src, prec, cpus, False)
+                    m = model_only(args.model, e2e_src, prec, threads=cpus)
                     load_m = wait_quiet(args)
-                    mb = model_only(args.model, e2e_src, prec, cpus, True)
+                    mb = model_only(args.model, e2e_src, prec, threads=cpus, malloc_like_ner_tag=True)
                     load_e = wait_quiet(args)
                     e = tag_in_subprocess(str(REPO), args.model, e2e_src, os.path.join(tmp, f"out_e2e_{prec}_{k}"),
                                           None, False, prec, threads=0)
