@@ -44,6 +44,20 @@ def fixed_size_efficiency(lengths, batch_size, seeds=range(5)):
     return statistics.mean(effs), len(batches)
 
 
+def load_sample(spec: str, tmp: str) -> tuple[str, list, str]:
+    """``PATH[:ROWS]``: the first ROWS rows (all without) of a Parquet corpus written to ``tmp`` ->
+    (that file, its texts, the corpus name)."""
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    path, _, rows = spec.partition(":")
+    rows = int(rows) if rows else pq.ParquetFile(path).metadata.num_rows
+    table = ds.dataset(path).head(rows)  # reads only the rows it needs
+    out = os.path.join(tmp, f"{Path(path).stem}_{rows}.parquet")
+    pq.write_table(table, out)
+    return out, table.column("text").to_pylist(), Path(path).stem
+
+
 # ---------------------------------------------------------------------------------------- the model alone
 def time_predict(tagger, preps: list, warmup, device: str = "cpu", after_each=None) -> float:
     """Seconds of ``TextTagger.predict`` over buffers prepared beforehand, after one untimed call on ``warmup``

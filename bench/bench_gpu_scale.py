@@ -30,8 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_common import model_only  # noqa: E402
-from bench_infer import load_sample  # noqa: E402
+from bench_common import load_sample, model_only  # noqa: E402
 from gpu_check import GpuSampler  # noqa: E402
 
 

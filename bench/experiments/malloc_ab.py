@@ -21,8 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_common import model_only  # noqa: E402
-from bench_infer import load_sample  # noqa: E402
+from bench_common import load_sample, model_only  # noqa: E402
 
 
 def main():
