@@ -38,8 +38,8 @@ import time
 import pyarrow.parquet as pq
 
 from common.io import temp_name, write_json
-from common.tagdir import CLAIMS_DIR, LOCK_FILE, MANIFEST_DIR, RUN_FILE, SUMMARY_FILE, part_name
 
+from common.tagdir import CLAIMS_DIR, LOCK_FILE, MANIFEST_DIR, RUN_FILE, SUMMARY_FILE, part_name
 # kept when clearing: a process may hold them (a new lock file would not exclude it); they hold no data
 _LOCKS = (LOCK_FILE, CLAIMS_DIR)
 RUN_FORMAT = 1
