@@ -58,6 +58,15 @@ def load_sample(spec: str, tmp: str) -> tuple[str, list, str]:
     return out, table.column("text").to_pylist(), Path(path).stem
 
 
+def wait_quiet(args) -> float:
+    """Sleeps until the 1-minute load average is below --quiet-load (at most --quiet-wait minutes); the load."""
+    deadline = time.time() + 60 * args.quiet_wait
+    while os.getloadavg()[0] >= args.quiet_load and time.time() < deadline:
+        print(f"  (load {os.getloadavg()[0]:.2f}: waiting for < {args.quiet_load})", flush=True)
+        time.sleep(60)
+    return os.getloadavg()[0]
+
+
 # ---------------------------------------------------------------------------------------- the model alone
 def time_predict(tagger, preps: list, warmup, device: str = "cpu", after_each=None) -> float:
     """Seconds of ``TextTagger.predict`` over buffers prepared beforehand, after one untimed call on ``warmup``

@@ -36,7 +36,7 @@ import tempfile
 import time
 
 from bench_common import REPO_ROOT as REPO
-from bench_common import load_sample, model_only
+from bench_common import load_sample, model_only, wait_quiet
 
 NULL_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 
@@ -99,15 +99,6 @@ def near_null_export(root: str) -> str:
     export = os.path.join(root, "export")
     save_export(model, mcfg, tok, export)
     return export
-
-
-def wait_quiet(args) -> float:
-    """Sleeps until the 1-minute load average is below --quiet-load (at most --quiet-wait minutes); the load."""
-    deadline = time.time() + 60 * args.quiet_wait
-    while os.getloadavg()[0] >= args.quiet_load and time.time() < deadline:
-        print(f"  (load {os.getloadavg()[0]:.2f}: waiting for < {args.quiet_load})", flush=True)
-        time.sleep(60)
-    return os.getloadavg()[0]
 
 
 def tag_in_subprocess(repo: str, model: str, src: str, out: str, workers: int, null_forward: bool,

@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_common import load_sample  # noqa: E402
+from bench_common import load_sample, wait_quiet  # noqa: E402, F401 (both also imported from here by other scripts)
 
 
 def parse_args():
