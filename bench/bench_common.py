@@ -1,4 +1,5 @@
-"""Benchmark of common/: data loading, word-piece encoding, and padding efficiency of batching.
+"""Benchmark of common/: data loading, word-piece encoding, and padding efficiency of batching; and the one
+model-only timing loop the tagging benchmarks share (:func:`model_only`).
 
     python bench/bench_common.py [DATA_JSON] [--conll-dir DIR] [--max-tokens 2048 4096 8192]
 
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +27,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
 DEFAULT_JSON = REPO_ROOT.parent / "shared" / "data" / "conll03-iob-pos.json"
 DEFAULT_CONLL = REPO_ROOT.parent / "shared" / "data" / "conll03"
 
@@ -38,6 +42,108 @@ def fixed_size_efficiency(lengths, batch_size, seeds=range(5)):
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         effs.append(padding_efficiency(lengths, batches))
     return statistics.mean(effs), len(batches)
+
+
+def load_sample(spec: str, tmp: str) -> tuple[str, list, str]:
+    """``PATH[:ROWS]``: the first ROWS rows (all without) of a Parquet corpus written to ``tmp`` ->
+    (that file, its texts, the corpus name)."""
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    path, _, rows = spec.partition(":")
+    rows = int(rows) if rows else pq.ParquetFile(path).metadata.num_rows
+    table = ds.dataset(path).head(rows)  # reads only the rows it needs
+    out = os.path.join(tmp, f"{Path(path).stem}_{rows}.parquet")
+    pq.write_table(table, out)
+    return out, table.column("text").to_pylist(), Path(path).stem
+
+
+def wait_quiet(args) -> float:
+    """Sleeps until the 1-minute load average is below --quiet-load (at most --quiet-wait minutes); the load."""
+    deadline = time.time() + 60 * args.quiet_wait
+    while os.getloadavg()[0] >= args.quiet_load and time.time() < deadline:
+        print(f"  (load {os.getloadavg()[0]:.2f}: waiting for < {args.quiet_load})", flush=True)
+        time.sleep(60)
+    return os.getloadavg()[0]
+
+
+# ---------------------------------------------------------------------------------------- the model alone
+def time_predict(tagger, preps: list, warmup, device: str = "cpu", after_each=None) -> float:
+    """Seconds of ``TextTagger.predict`` over buffers prepared beforehand, after one untimed call on ``warmup``
+    (a prepared buffer); on a GPU synchronised before and after, so the loop's kernels are all counted."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    tagger.predict(warmup)
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for p in preps:
+        tagger.predict(p)
+        if after_each:
+            after_each()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def model_only_main(argv: list[str]) -> None:
+    """The child process of :func:`model_only`: prints ``RESULT {json}``."""
+    spec = json.loads(argv[0])
+    import pyarrow.parquet as pq
+    import torch
+
+    from infer.tagger import TextTagger
+
+    after_each = None
+    if spec["malloc"]:  # ner-tag's glibc settings (infer.memory: bound once, trimmed after every buffer)
+        from infer.memory import bound_malloc, trim_malloc
+
+        bound_malloc()
+        after_each = trim_malloc
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    texts = pq.read_table(spec["src"], columns=["text"]).column("text").to_pylist()
+    options = {"batch_tokens": spec["batch_tokens"]} if spec["batch_tokens"] else {}
+    tagger = TextTagger.from_export(spec["model"], spec["device"], precision=spec["precision"], **options)
+    preps = [tagger.prepare(texts[i:i + 4096]) for i in range(0, len(texts), 4096)]
+    # "short": every batch shape is new in the timed loop, as in ner-tag; "first": kernels and allocator warm
+    warmup = preps[0] if spec["warmup"] == "first" else tagger.prepare(["Warm up."])
+    seconds = time_predict(tagger, preps, warmup, spec["device"], after_each)
+    windows = sum(len(b["input_ids"]) for p in preps for b in p.batches)
+    out = {"seconds": seconds, "words": sum(p.num_words for p in preps), "pieces": sum(p.num_pieces for p in preps),
+           "padded": sum(p.padded_pieces for p in preps)}
+    out["mean_window"] = out["padded"] / max(windows, 1)
+    cfg = getattr(getattr(tagger.model, "encoder", None), "config", None)
+    if cfg is not None:  # a BERT encoder: multiply-adds x 2 per piece (projections, feed-forward, attention, head)
+        h, i, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+        out["flops_per_piece"] = layers * (2 * (4 * h * h + 2 * h * i) + 4 * h * out["mean_window"]) \
+            + 2 * h * len(tagger.labels)
+    print("RESULT " + json.dumps(out))
+
+
+def model_only(model: str, src: str, precision: str, *, device: str = "cpu", threads: int = 0,
+               batch_tokens: int = 0, malloc_like_ner_tag: bool = False, warmup: str = "short",
+               prelude: str = "") -> dict:
+    """The model alone, in a fresh process: ``TextTagger.predict`` over all buffers (4,096 rows) of the Parquet
+    file ``src``, prepared beforehand (not timed) -> ``{"seconds", "words", "pieces", "padded", "mean_window",
+    "flops_per_piece"?}``.  ``threads``: torch threads (0: torch's default); ``batch_tokens``: 0 for the
+    export's; ``malloc_like_ner_tag``: under ner-tag's glibc settings; ``warmup``: ``"short"`` (one short text)
+    or ``"first"`` (the first buffer); ``prelude``: Python run first in that process."""
+    spec = {"model": model, "src": src, "precision": precision, "device": device, "threads": threads,
+            "batch_tokens": batch_tokens, "malloc": malloc_like_ner_tag, "warmup": warmup}
+    code = (f"{prelude}\nimport sys\nsys.path.insert(0, {str(BENCH)!r})\n"
+            "from bench_common import model_only_main\nmodel_only_main(sys.argv[1:])")
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    for name in ("OMP_NUM_THREADS", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):  # one process
+        env.pop(name, None)
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], cwd=str(REPO_ROOT), env=env,
+                       capture_output=True, text=True)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+    if r.returncode or not lines:
+        raise RuntimeError(f"model-only run failed:\n{r.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
 
 
 def main(argv=None) -> None:

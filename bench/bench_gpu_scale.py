@@ -4,9 +4,9 @@
         [--precision bf16,fp32] [--host-workers 0,4,8] [--batch-tokens 16384,65536] [--device cuda] \\
         [--baseline-repo OLD_CHECKOUT] [--results bench/results_gpu_scale.md] [--json FILE]
 
-* model only: a fresh process loads the export (``TextTagger``), prepares every buffer of the sample beforehand
-  (not timed) and times ``TextTagger.predict`` over them: the most a GPU can give with this model, in words/s
-  and pieces/s, per precision and batch size;
+* model only (``bench_common.model_only``): a fresh process loads the export (``TextTagger``), prepares every
+  buffer of the sample beforehand (not timed) and times ``TextTagger.predict`` over them after one warm-up
+  buffer: the most a GPU can give with this model, in words/s and pieces/s, per precision and batch size;
 * end to end: ``python -m infer`` (``ner-tag``) on the sample for every precision x host workers x batch tokens
   (each a fresh process, ``--overwrite``): words/s while tagging (from its ``_summary.json``; model loading not
   included), and its fraction of the model-only words/s; with ``--baseline-repo`` the same runs of an older
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_infer import load_sample  # noqa: E402
+from bench_common import load_sample, model_only  # noqa: E402
 from gpu_check import GpuSampler  # noqa: E402
 
 
@@ -47,24 +47,6 @@ def parse_args(argv=None):
     p.add_argument("--results", help="write a markdown table here")
     p.add_argument("--json", help="write the results as JSON here")
     return p.parse_args(argv)
-
-
-_MODEL_DRIVER = """
-import json, sys, time
-model, src, device, precision, batch_tokens = sys.argv[1:6]
-import pyarrow.parquet as pq, torch
-from infer.tagger import TextTagger
-texts = pq.read_table(src, columns=["text"]).column("text").to_pylist()
-tagger = TextTagger.from_export(model, device, precision=precision, batch_tokens=int(batch_tokens))
-preps = [tagger.prepare(texts[i:i + 4096]) for i in range(0, len(texts), 4096)]
-tagger.predict(preps[0])  # warm-up: kernels, allocator, thread pools
-t0 = time.perf_counter()
-for p in preps:
-    tagger.predict(p)
-seconds = time.perf_counter() - t0
-print("RESULT " + json.dumps({"seconds": seconds, "words": sum(p.num_words for p in preps),
-                              "pieces": sum(p.num_pieces for p in preps)}))
-"""
 
 
 def _run(cmd: list[str], repo: str, env: dict) -> tuple[subprocess.CompletedProcess, dict]:
@@ -100,12 +82,9 @@ def main(argv=None) -> int:
         best: dict = {}
         for prec in precisions:
             for bt in batch_tokens:
-                r, gpu = _run([sys.executable, "-c", _MODEL_DRIVER, args.model, src, args.device, prec, str(bt)],
-                              str(REPO), {**env, "PYTHONPATH": path(str(REPO))})
-                out = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
-                if r.returncode or not out:
-                    raise SystemExit(f"model-only run failed:\n{r.stderr[-3000:]}")
-                m = json.loads(out[-1][len("RESULT "):])
+                with GpuSampler(interval_ms=200) as sampler:
+                    m = model_only(args.model, src, prec, device=args.device, batch_tokens=bt, warmup="first")
+                gpu = sampler.summary()
                 m.update(precision=prec, batch_tokens=bt, words_per_s=round(m["words"] / m["seconds"]),
                          pieces_per_s=round(m["pieces"] / m["seconds"]), gpu_util=_util(gpu))
                 best[prec] = max(best.get(prec, 0), m["words_per_s"])

@@ -1,16 +1,14 @@
 """A teacher's output for distillation: what ``ner-tag --word-probs`` writes, read back as training sentences.
 
-The folder is a batch tagger output (``infer.output``): ``part-*.parquet`` with the columns ``words``
-(``list<string>``, a row's words) and ``word_probs`` (``list<fixed_size_list<float32, labels>>``, each word's
-probabilities over the teacher's labels, from the piece the teacher predicts the word from), the teacher's
-labels as JSON in the schema metadata under :data:`TEACHER_LABELS_KEY`, and ``_summary.json`` whose totals say
-whether every part is done.  Words and probabilities, not word pieces: a student with another tokenizer (or
-windows, or packing) reads the same teacher output.
+The folder is a batch tagger output (:mod:`common.tagdir` names its files and columns): part files with the
+columns ``words`` (a row's words) and ``word_probs`` (each word's probabilities over the teacher's labels, from
+the piece the teacher predicts the word from), the teacher's labels in the schema metadata, and
+``_summary.json`` whose totals say whether every part is done.  Words and probabilities, not word pieces: a
+student with another tokenizer (or windows, or packing) reads the same teacher output.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -19,11 +17,9 @@ from typing import Sequence
 import numpy as np
 
 from .data import DataError, Sentence
+from .tagdir import SUMMARY_FILE, TEACHER_LABELS_KEY, WORD_PROBS, WORDS, part_files
 
 log = logging.getLogger(__name__)
-
-TEACHER_LABELS_KEY = "ner_teacher_labels"
-SUMMARY_FILE = "_summary.json"  # infer.output.SUMMARY_FILE (tests check that they agree)
 
 
 def load_teacher(path: str, labels: Sequence[str], max_rows: int = 0) -> list[Sentence]:
@@ -44,10 +40,9 @@ def load_teacher(path: str, labels: Sequence[str], max_rows: int = 0) -> list[Se
     if not total.get("complete"):
         raise DataError(f"data.teacher {path}: incomplete teacher output ({total.get('parts_done')}/"
                         f"{total.get('parts_total')} parts): run the same ner-tag command again to finish it")
-    files = sorted(glob.glob(os.path.join(path, "part-*.parquet")))
-    dataset = ds.dataset(files, format="parquet")
+    dataset = ds.dataset(part_files(path), format="parquet")
     meta = dataset.schema.metadata or {}
-    if {"words", "word_probs"} - set(dataset.schema.names) or TEACHER_LABELS_KEY.encode() not in meta:
+    if {WORDS, WORD_PROBS} - set(dataset.schema.names) or TEACHER_LABELS_KEY.encode() not in meta:
         raise DataError(f"data.teacher {path}: no words/word_probs columns: tag the corpus with "
                         "`ner-tag --word-probs`")
     teacher_labels = json.loads(meta[TEACHER_LABELS_KEY.encode()])
@@ -55,13 +50,13 @@ def load_teacher(path: str, labels: Sequence[str], max_rows: int = 0) -> list[Se
         raise DataError(f"data.teacher {path}: the teacher's labels {teacher_labels} are not the training "
                         f"labels {list(labels)}")
     order = np.array([teacher_labels.index(t) for t in labels])
-    table = dataset.head(max_rows, columns=["words", "word_probs"]) if max_rows else dataset.to_table(
-        columns=["words", "word_probs"])
-    words = table.column("words").combine_chunks()
+    table = dataset.head(max_rows, columns=[WORDS, WORD_PROBS]) if max_rows else dataset.to_table(
+        columns=[WORDS, WORD_PROBS])
+    words = table.column(WORDS).combine_chunks()
     word_offsets = np.zeros(len(words) + 1, dtype=np.int64)
     np.cumsum(pc.list_value_length(words).fill_null(0).to_numpy(), out=word_offsets[1:])
     tokens = words.flatten().to_numpy(zero_copy_only=False)
-    probs = table.column("word_probs").combine_chunks().flatten().flatten().to_numpy().reshape(-1, len(labels))
+    probs = table.column(WORD_PROBS).combine_chunks().flatten().flatten().to_numpy().reshape(-1, len(labels))
     probs = probs[:, order].astype(np.float16)
     sentences = []
     for row in range(len(table)):

@@ -1,6 +1,6 @@
 """The output folder: identity (_run.json), atomic part files, the manifest, the summary.
 
-Layout::
+Layout (its names and column types are defined in :mod:`common.tagdir`)::
 
     OUT/
       _run.json                 who made this folder: model and input fingerprints, options, the part plan
@@ -42,11 +42,7 @@ from common.io import temp_name
 
 from . import fs
 
-RUN_FILE = "_run.json"
-MANIFEST_DIR = "_manifest"
-SUMMARY_FILE = "_summary.json"
-LOCK_FILE = ".lock"
-CLAIMS_DIR = "_claims"
+from common.tagdir import CLAIMS_DIR, LOCK_FILE, MANIFEST_DIR, RUN_FILE, SUMMARY_FILE, part_name
 # kept when clearing: a process may hold them (a new lock file would not exclude it); they hold no data
 _LOCKS = (LOCK_FILE, CLAIMS_DIR)
 RUN_FORMAT = 1
@@ -54,10 +50,6 @@ RUN_FORMAT = 1
 
 class OutputError(ValueError):
     """The output folder cannot be used (made by another model or input, or not ours)."""
-
-
-def part_name(index: int) -> str:
-    return f"part-{index:06d}.parquet"
 
 
 def model_fingerprint(export_dir: str) -> str:

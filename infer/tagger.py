@@ -7,7 +7,7 @@ The work is split in two so that the CPU part runs beside the model (see :mod:`i
   window or sentence:
 
   - words with exact offsets for all texts at once (:func:`infer.word_arrays.split_texts`: the rules of
-    :func:`infer.words.split_words`), their casing classes (:func:`infer.word_arrays.casing_classes`);
+    :mod:`infer.words`), their casing classes (:func:`infer.word_arrays.casing_classes`);
   - word pieces: for BERT-style tokenizers (BERT normaliser and pre-tokeniser, the project's default) a
     word's pieces do not depend on its neighbours, so each distinct word is encoded once per process (the
     words met so far keep their pieces: :class:`_Vocabulary`); new words are encoded joined by single
@@ -46,6 +46,8 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from common.tagdir import ENTITIES_TYPE, ENTITY_STRUCT, WORDS_TYPE, word_probs_type
+
 from .host_encoder import HostEncoder, Prepared
 from .word_arrays import ranges_index
 
@@ -53,20 +55,6 @@ from .word_arrays import ranges_index
 # without it
 
 log = logging.getLogger(__name__)
-
-ENTITY_STRUCT = pa.struct([
-    pa.field("start", pa.int32()),
-    pa.field("end", pa.int32()),
-    pa.field("label", pa.string()),
-    pa.field("text", pa.string()),
-    pa.field("score", pa.float32()),
-])
-ENTITIES_TYPE = pa.list_(pa.field("item", ENTITY_STRUCT))
-WORDS_TYPE = pa.list_(pa.string())
-
-
-def word_probs_type(num_labels: int) -> pa.DataType:
-    return pa.list_(pa.list_(pa.float32(), num_labels))
 
 # batch keys the models read (labels are left out: no loss at inference)
 _MODEL_KEYS = ("input_ids", "attention_mask", "casing", "word_index", "scored", "sentence")

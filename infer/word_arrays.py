@@ -1,9 +1,9 @@
 """Raw text to CoNLL-style words for a whole buffer of texts at once, without a Python object per word.
 
-What :mod:`infer.tagger` uses; the per-text functions of :mod:`infer.words` are the reference these are
-tested against: :func:`split_texts` (words, :class:`WordBuffer`), :func:`casing_classes`
-(``common.encoding.casing_class`` of every word), :func:`sentence_bounds` and :func:`pack_chunks`
-(``sentence_chunks``).
+What :mod:`infer.tagger` uses, with the rules of :mod:`infer.words`; the per-text functions of
+``tests/reference_words.py`` are the reference these are tested against: :func:`split_texts` (words,
+:class:`WordBuffer`), :func:`casing_classes` (``common.encoding.casing_class`` of every word),
+:func:`sentence_bounds` and :func:`pack_chunks` (``sentence_chunks``).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def ranges_index(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 
 
 def word_spans(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(starts, ends)`` of the words of ``codes`` (code points) in order: those of :func:`split_words`.
+    """``(starts, ends)`` of the words of ``codes`` (code points) in order, by the rules of :mod:`infer.words`.
 
     The text falls into *segments*, maximal runs of characters that may belong to a word of more than one
     character (everything but whitespace, control characters and the punctuation and symbols that are
@@ -233,7 +233,7 @@ class WordBuffer:
 
 
 def split_texts(texts: Sequence[str | None]) -> WordBuffer:
-    """The words of every text (:func:`split_words`'s), for a whole buffer at once."""
+    """The words of every text (by the rules of :mod:`infer.words`), for a whole buffer at once."""
     texts = [t or "" for t in texts]
     text_start = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1, out=text_start[1:])
@@ -308,7 +308,8 @@ def _abbreviation_keys() -> np.ndarray:
 
 
 def sentence_bounds(buf: WordBuffer) -> np.ndarray:
-    """For every word, whether :func:`sentence_chunks` may cut before it (never before a row's first word)."""
+    """For every word, whether the sentence rules of :mod:`infer.words` may cut before it (never before a row's
+    first word)."""
     nw = buf.num_words
     bound = np.zeros(nw, dtype=bool)
     if nw < 2:
@@ -364,7 +365,7 @@ def sentence_bounds(buf: WordBuffer) -> np.ndarray:
 
 
 def pack_chunks(bound: np.ndarray, sizes: np.ndarray, first: int, end: int, max_size: int) -> list[int]:
-    """The chunk starts of words ``first:end`` (one row) by :func:`sentence_chunks`'s greedy packing of its
+    """The chunk starts of words ``first:end`` (one row) by the greedy packing of ``sentence_chunks`` of its
     sentences (cut before words where ``bound``) into chunks of at most ``max_size`` (sum of ``sizes``)."""
     n = end - first
     total = int(sizes[first:end].sum())

@@ -1,10 +1,9 @@
 """``ner-report --tagged OUT_A OUT_B --out DIR``: two ``ner-tag`` outputs of the same unlabelled input compared.
 
-Both folders are read in part order (``part-NNNNNN.parquet``, the ``entities`` column,
-``list<struct<start, end, label, text, score>>`` of character offsets) and streamed row by row, so the
-input may be large.  They must be outputs of one input: the same number of rows and, when both have a
-``_run.json``, the same input fingerprint (files, text column, carried columns, rows per part,
-chunking); an output whose ``_run.json`` plans parts it does not hold is incomplete and refused.
+Both folders (:mod:`common.tagdir`) are read in part order (their ``entities`` column of character offsets)
+and streamed row by row, so the input may be large.  They must be outputs of one input: the same number of
+rows and, when both have a ``_run.json``, the same input fingerprint (files, text column, carried columns,
+rows per part, chunking); an output whose ``_run.json`` plans parts it does not hold is incomplete and refused.
 
 Numbers (A is the reference):
 
@@ -20,17 +19,16 @@ Numbers (A is the reference):
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
 from common.partial_match import OUTCOMES, SCHEMES, match_spans, partial_match_span_scores, scores_from_counts
+from common.tagdir import ENTITIES, RUN_FILE, part_files, part_name
 
 from .runs import ReportError, unique_names
 
@@ -61,12 +59,11 @@ def open_output(path: str, name: str) -> TaggedOutput:
 
     if not os.path.isdir(path):
         raise ReportError(f"{path}: not a folder (expected a ner-tag output)")
-    parts = sorted(glob.glob(os.path.join(path, "part-*.parquet")),
-                   key=lambda p: int(re.sub(r"\D", "", os.path.basename(p)) or 0))
+    parts = part_files(path)
     if not parts:
         raise ReportError(f"{path}: no part-*.parquet files (not a ner-tag output?)")
     run_info = None
-    run_path = os.path.join(path, "_run.json")
+    run_path = os.path.join(path, RUN_FILE)
     if os.path.exists(run_path):
         try:
             with open(run_path, encoding="utf-8") as f:
@@ -78,13 +75,13 @@ def open_output(path: str, name: str) -> TaggedOutput:
     except Exception as e:  # noqa: BLE001 - any unreadable part is named
         raise ReportError(f"{path}: cannot read the parts: {type(e).__name__}: {e}") from None
     columns = list(metas[0].schema_arrow.names)
-    if "entities" not in columns:
-        raise ReportError(f"{parts[0]}: no 'entities' column (columns: {columns})")
+    if ENTITIES not in columns:
+        raise ReportError(f"{parts[0]}: no '{ENTITIES}' column (columns: {columns})")
     planned = (run_info or {}).get("parts") or []
-    missing = [p for p in planned if not os.path.exists(os.path.join(path, f"part-{p['index']:06d}.parquet"))]
+    missing = [p for p in planned if not os.path.exists(os.path.join(path, part_name(p["index"])))]
     if missing:
         raise ReportError(f"{path}: incomplete: {len(missing)} of the {len(planned)} planned parts are missing "
-                          f"(first: part-{missing[0]['index']:06d}.parquet); finish the ner-tag run first")
+                          f"(first: {part_name(missing[0]['index'])}); finish the ner-tag run first")
     return TaggedOutput(name, path, parts, sum(m.metadata.num_rows for m in metas), columns, run_info)
 
 
@@ -111,7 +108,7 @@ def iter_rows(o: TaggedOutput, id_column: str | None) -> Iterator[tuple[object, 
     """``(id or None, [(start, end, label, text)])`` per row, in part order."""
     import pyarrow.parquet as pq
 
-    cols = ["entities"] + ([id_column] if id_column else [])
+    cols = [ENTITIES] + ([id_column] if id_column else [])
     for part in o.parts:
         for batch in pq.ParquetFile(part).iter_batches(batch_size=8192, columns=cols):
             ents = batch.column(0).to_pylist()
@@ -192,7 +189,7 @@ def _entity(e) -> dict | None:
 
 def compare(a: TaggedOutput, b: TaggedOutput, examples: int = 3) -> dict:
     """Stream both outputs row by row and compare them (see the module docstring)."""
-    others = [c for c in a.columns if c != "entities"]
+    others = [c for c in a.columns if c != ENTITIES]
     id_a = "id" if "id" in others else (others[0] if others else None)
     acc = _Agreement(examples)
     chunk = []

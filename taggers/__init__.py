@@ -3,6 +3,8 @@
 * :mod:`taggers.config` -- ``ModelConfig`` (the ``[model]`` section of a recipe);
 * :mod:`taggers.models` -- the BiLSTM and BERT taggers (loss, decoding, own weights);
 * :mod:`taggers.decoding` -- IOB2-constrained CRF and Viterbi;
+* :mod:`taggers.dropout` -- dropout with cheap random masks for CPU training;
+* :mod:`taggers.hf` -- any Hugging Face token-classification model as a tagger (in ``ner-tag``);
 * :mod:`taggers.export` -- the inference export (save, load);
 * :mod:`taggers.precision` -- the one precision rule (fp32 / bf16 / fp16 and autocast);
 * :mod:`taggers.predict` -- the one prediction path: windows to per-word label ids and probabilities.

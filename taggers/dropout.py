@@ -53,7 +53,7 @@ def eager_fast_dropout(module, query, key, value, attention_mask, scaling=None, 
     adding it made the scores, their softmax, dropout and backward fp32, only for the probabilities to be cast
     back to bf16 for the next product. torch's CPU autocast keeps softmax in bf16 (it accumulates in fp32):
     with the mask cast, the attention of a BERT-recipe layer takes 0.6-0.75x the time forward and backward
-    (``bench/train_micro.py``)."""
+    (``bench/experiments/train_micro.py``)."""
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling

@@ -20,8 +20,9 @@ from common.batching import collate_windows
 from common.data import DataError, Sentence
 from common.encoding import IGNORE_INDEX, PieceWindower
 from common.spans import tags_to_spans
-from common.teacher import SUMMARY_FILE, load_teacher
-from infer.words import split_words
+from common.tagdir import SUMMARY_FILE
+from common.teacher import load_teacher
+from tests.reference_words import split_words
 from taggers.export import load_tagger
 from tests.tiny_models import tiny_train_args
 from train.__main__ import main
@@ -104,12 +105,6 @@ def test_load_teacher_errors_are_one_line(teacher_output, tmp_path):
                                                                        "parts_done": 1}}))
     with pytest.raises(DataError, match="incomplete teacher output .*run the same ner-tag command again"):
         load_teacher(str(half), labels)
-
-
-def test_summary_file_name_agrees_with_the_tagger():
-    from infer.output import SUMMARY_FILE as TAGGER_SUMMARY
-
-    assert SUMMARY_FILE == TAGGER_SUMMARY
 
 
 def test_teacher_probabilities_on_pieces(tokenizer):

@@ -159,7 +159,7 @@ def reference_prepare(windower, texts, batch_tokens: int, chunking: str = "sente
     ``token_budget_batches``, ``collate_windows``; returns (batches, chunk_first_word, row_first_word, starts, ends)."""
     from common.batching import collate_windows, token_budget_batches
     from common.data import Sentence
-    from infer.words import sentence_chunks, split_words
+    from tests.reference_words import sentence_chunks, split_words
 
     window = windower.max_length - windower.num_special
     budget = min(chunk_pieces, window) if chunk_pieces > 0 else window
@@ -271,7 +271,7 @@ def fuzz_texts(seed: int, n: int = 400, alphabet=None, length: int = 40) -> list
 def test_split_texts_and_casing_match_the_per_word_functions(texts):
     from common.encoding import casing_class
     from infer.word_arrays import casing_classes, split_texts
-    from infer.words import split_words
+    from tests.reference_words import split_words
 
     buf = split_texts(texts)
     casing = casing_classes(buf)
@@ -291,7 +291,7 @@ def test_sentence_bounds_and_packing_match_sentence_chunks(max_size):
     import random
 
     from infer.word_arrays import pack_chunks, sentence_bounds, split_texts
-    from infer.words import sentence_chunks, split_words
+    from tests.reference_words import sentence_chunks, split_words
 
     texts = [t for t in tricky_texts() + fuzz_texts(2, 200) if t]
     buf = split_texts(texts)

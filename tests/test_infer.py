@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from infer.__main__ import main
-from infer.words import sentence_chunks, split_words
+from tests.reference_words import sentence_chunks, split_words
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

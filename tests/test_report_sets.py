@@ -337,7 +337,7 @@ def write_tagged(out, ents, splits, input_path, fingerprint="f" * 64, run_json=T
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from infer.tagger import ENTITIES_TYPE
+    from common.tagdir import ENTITIES_TYPE
 
     out.mkdir()
     plan, first = [], 0

@@ -1,1 +1,7 @@
-"""Training of the BiLSTM and BERT taggers (one loop for both)."""
+"""Training of the BiLSTM and BERT taggers (one loop for both): ``ner-train`` / ``python -m train``.
+
+* :mod:`train.config` -- the typed configuration (dataclasses <- TOML recipe in ``train/configs/`` <- CLI);
+* :mod:`train.trainer` -- the loop; :mod:`train.engine` / :mod:`train.ds_engine` -- plain torch (DDP) and
+  DeepSpeed engines; :mod:`train.optim` -- optimizer and schedule; :mod:`train.checkpoint` -- resume state;
+* :mod:`train.tracking` -- wandb; :mod:`train.evaluate` -- scoring an export on a labelled fold.
+"""

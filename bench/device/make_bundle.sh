@@ -1,11 +1,11 @@
 #!/bin/bash
-# Builds .devcarry/, what a GPU machine without network needs beside the working tree to run the scripts in
-# bench/device/ (the `device` tool of this workplace carries it: `carry: [".devcarry"]`; each script starts
-# from the repository root there).  Run here from the repository root after `make setup`:
+# Builds .devcarry/, what the scripts in bench/device/ need on a GPU machine without network access: a copy of
+# the working tree with .devcarry/ beside it (at most 64 MiB), torch with CUDA installed there, and each script
+# started from the repository root.  Run here from the repository root after `make setup`:
 #   bash bench/device/make_bundle.sh
-# and there, e.g.: bash bench/device/run_gpu_check.sh
-# * site/: the pure-Python dependencies the GPU image lacks (seqeval, pytorch-crf, tomli-w) and the offline
-#   encoder package without its weights; the weights travel as fp16 (44 MB; the carry limit is 64 MiB) and the
+# then copy the tree with .devcarry/ to the GPU machine and run there, e.g.: bash bench/device/run_gpu_check.sh
+# * site/: the pure-Python dependencies a CUDA torch image lacks (seqeval, pytorch-crf, tomli-w) and the offline
+#   encoder package without its weights; the weights travel as fp16 (44 MB, under the 64 MiB) and the
 #   scripts widen them back to fp32 there (the MiniLM weights are all within fp16's range: max |w| 7.9);
 # * shared/: the CoNLL JSON and the first 100,000 / 2,000 rows of news_sentences / reuters21578;
 # * base/: `git archive ${BASE:-HEAD}` of this checkout, the baseline of bench_gpu_scale.py --baseline-repo and crf_decode.sh.

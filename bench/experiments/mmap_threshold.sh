@@ -3,9 +3,9 @@
 # too; "dynamic": glibc's own, no mallopt): peak RSS
 # of ner-tag on the first 1,000 and 10,000 news rows and its words/s while tagging (bf16, --buffer-rows 256
 # --rows-per-part 500, 2 threads), one threshold after the other:
-#   THRESHOLDS="dynamic 262144 4194304 16777216" [EXPORT=RUN/export] bash bench/mmap_threshold.sh
+#   THRESHOLDS="dynamic 262144 4194304 16777216" [EXPORT=RUN/export] bash bench/experiments/mmap_threshold.sh
 # EXPORT defaults to the BERT export of `make main OUT=/tmp/main_crf`.
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
 $PY -c "import pyarrow.dataset as ds, pyarrow.parquet as pq
 for n in (1000, 10000): pq.write_table(ds.dataset('../shared/corpus/news_sentences.parquet').head(n), f'/tmp/mm_{n}.parquet')"

@@ -1,6 +1,6 @@
 """Two parts of a BERT-recipe training step, each against what it replaced, on this machine.
 
-    python bench/train_micro.py [--config train/configs/bert_conll03.toml] [--batches 30] [--rounds 2]
+    python bench/experiments/train_micro.py [--config train/configs/bert_conll03.toml] [--batches 30] [--rounds 2]
 
 * the CRF's negative log-likelihood, forward and backward, on the recipe's first batches (random logits of the
   batch's shape, the batch's labels): pytorch-crf's ``CRF.forward`` against ``ConstrainedCRF.forward`` (the
@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "bench" / "experiments"))
 
 from train_step_profile import recipe_arguments, recipe_trainer  # noqa: E402
 

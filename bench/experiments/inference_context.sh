@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does a packed BERT export score better when it sees more context at inference than in training?
-#   bash bench/inference_context.sh EXPORT OUT [DATA]
+#   bash bench/experiments/inference_context.sh EXPORT OUT [DATA]
 # Copies EXPORT once per (pack_pieces, context_pieces) pair with those two windowing settings changed in its
 # ner_config.json (the weights are the same) and scores valid and test with `python -m train.evaluate` (fp32).
 # Prints one line per pair and fold: entity F1.

@@ -1,6 +1,6 @@
 """Where a training step's time goes on this machine: forward, backward, gradient clipping, optimizer step.
 
-    python bench/train_step_profile.py [--config train/configs/bert_conll03.toml] [--steps 30] \\
+    python bench/experiments/train_step_profile.py [--config train/configs/bert_conll03.toml] [--steps 30] \\
         [section.option=value ...]
 
 Builds the recipe's model, engine and batches exactly as ``python -m train`` does (``train.trainer.Trainer``,
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 

@@ -2,7 +2,7 @@
 # Distillation (issue 12): a teacher export tags unlabelled news sentences with its word probabilities
 # (`ner-tag --word-probs`), then a student recipe trains on the gold training fold plus those rows
 # (`data.teacher`), side by side with the recipe alone in bench_train's table.
-#   bash bench/distill.sh TEACHER_EXPORT OUT [STRIDE] [STUDENT]
+#   bash bench/experiments/distill.sh TEACHER_EXPORT OUT [STRIDE] [STUDENT]
 # STRIDE: every STRIDE-th row of ../shared/corpus/news_sentences.parquet (default 4: 53,768 sentences drawn
 # from all its sources); STUDENT: bench_train.py --which entries (default: the BiLSTM recipe, 3 epochs).
 set -eu

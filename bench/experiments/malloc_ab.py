@@ -1,9 +1,9 @@
 """The model alone under glibc malloc settings, one variant after the other, in rounds.
 
-    python bench/malloc_ab.py --model RUN/export --rows 10000 --precision fp32 \\
+    python bench/experiments/malloc_ab.py --model RUN/export --rows 10000 --precision fp32 \\
         --variants none,16777216:131072,67108864,67108864:268435456 --rounds 2
 
-Each run is ``bench_infer.model_only``: its driver in a fresh process, ``TextTagger.predict`` over the first
+Each run is ``bench_common.model_only``: its driver in a fresh process, ``TextTagger.predict`` over the first
 ``--rows`` news sentences, prepared beforehand (``--threads``, default 2).  A variant is ``none`` (glibc's
 defaults, no trim) or ``MMAP[:TRIM]``: ``infer.memory.MMAP_THRESHOLD`` and ``TRIM_THRESHOLD`` (default: the
 committed one; 131072 is glibc's own 128 KiB) set before ``bound_malloc``, with ``trim_malloc`` after every
@@ -18,10 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_infer import load_sample, model_only  # noqa: E402
+from bench_common import load_sample, model_only  # noqa: E402
 
 
 def main():
@@ -45,7 +45,8 @@ def main():
                                + (f"; m.TRIM_THRESHOLD = {int(trim)}" if trim else ""))
                 load = os.getloadavg()[0]
                 try:
-                    m = model_only(args.model, src, args.precision, args.threads, variant != "none", prelude)
+                    m = model_only(args.model, src, args.precision, threads=args.threads,
+                                   malloc_like_ner_tag=variant != "none", prelude=prelude)
                 except RuntimeError as e:
                     sys.exit(f"{variant}: {e}")
                 print(f"round {r + 1} {variant:>22}: {m['words'] / m['seconds']:8,.0f} words/s {args.precision} "
