@@ -24,7 +24,7 @@ import torch
 
 from common.data import split_tag
 from common.encoding import PieceWindower
-from common.io import atomic_write
+from common.io import atomic_write, writing
 
 from . import hf
 from .config import ModelConfig
@@ -76,13 +76,30 @@ def _make_readable(folder: str) -> None:
 
 
 def save_export(model: TaggerBase, mcfg: ModelConfig, tokenizer, out_dir: str, extra: dict | None = None) -> None:
-    """Write the export atomically: into ``out_dir.tmp``, then swap it in."""
+    """Write the export atomically: into ``out_dir.tmp``, then swap it in; a failed write (no space, file too
+    large) removes ``out_dir.tmp`` and raises ``OSError`` naming the file, the export before it untouched."""
     tmp = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_export(model, mcfg, tokenizer, tmp, extra)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out_dir.rstrip("/") + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(out_dir):
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_export(model: TaggerBase, mcfg: ModelConfig, tokenizer, tmp: str, extra: dict | None) -> None:
     os.makedirs(tmp)
     model = getattr(model, "module", model)
-    model.save(tmp)
-    tokenizer.save_pretrained(tmp)
+    with writing(os.path.join(tmp, WEIGHTS)):
+        model.save(tmp)
+    with writing(tmp):
+        tokenizer.save_pretrained(tmp)
     meta = {
         "format_version": FORMAT_VERSION,
         "model_type": model.model_type,
@@ -106,12 +123,6 @@ def save_export(model: TaggerBase, mcfg: ModelConfig, tokenizer, out_dir: str, e
     with atomic_write(os.path.join(tmp, NER_CONFIG)) as f:
         json.dump(meta, f, indent=2)
     _make_readable(tmp)
-    old = out_dir.rstrip("/") + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(out_dir):
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_export_config(path: str) -> dict:
