@@ -23,6 +23,13 @@ BAD_INPUT_EXIT = 2
 OS_ERROR_EXIT = 4
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a bad flag reported as one line (no usage block above it), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(BAD_INPUT_EXIT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def declared(parse, allowed: Allowed | None, bad_value, name: str):
     """Attach to an argparse type what it allows and a value it refuses (walked by the tests)."""
     parse.allowed, parse.bad_value, parse.__name__ = allowed, bad_value, name

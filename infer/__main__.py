@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from common.cli import OS_ERROR_EXIT, at_least, declared, device, os_error_line, text
+from common.cli import OS_ERROR_EXIT, Parser, at_least, declared, device, os_error_line, text
 from common.options import Allowed
 
 # oneDNN keeps compiled kernels for up to 1024 tensor shapes by default; length-sorted batches bring many
@@ -39,7 +39,7 @@ _at_least = at_least
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="ner-tag", description=__doc__,
+    p = Parser(prog="ner-tag", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=text,
                    help="export folder written by ner-train (RUN/export), or a Hugging Face token-classification "

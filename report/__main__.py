@@ -37,7 +37,7 @@ import shutil
 import sys
 from typing import Sequence
 
-from common.cli import BAD_INPUT_EXIT, OS_ERROR_EXIT, at_least, device, os_error_line, output_dir_problem, text
+from common.cli import BAD_INPUT_EXIT, OS_ERROR_EXIT, Parser, at_least, device, os_error_line, output_dir_problem, text
 from common.data import DataError
 from common.io import atomic_write, write_json
 from common.rundir import RunFolder
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ner-report", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="ner-report", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", type=text, metavar="RUN_DIR", help="run folders written by ner-train")
     p.add_argument("--data", action="append", type=text, metavar="[NAME=]PATH[#FOLD]",

@@ -28,7 +28,7 @@ from common.io import atomic_write, writing
 
 from . import hf
 from .config import ModelConfig
-from .models import TAGGERS, WEIGHTS, ExportError, TaggerBase, quiet_transformers
+from .models import TAGGERS, WEIGHTS, ExportError, TaggerBase, load_failure, quiet_transformers
 
 FORMAT_VERSION = 1
 NER_CONFIG = "ner_config.json"
@@ -138,6 +138,10 @@ def read_export_config(path: str) -> dict:
             return hf.read_hf_config(path)
         raise ExportError(f"{path}: export folder not found")
     if not os.path.exists(meta_path):
+        if hf.ner_taggers_weights(path):
+            raise ExportError(f"{path}: {NER_CONFIG} is missing: {WEIGHTS} holds a ner-taggers export's weights, "
+                              f"which cannot be used without it (copy the export folder again, {NER_CONFIG} "
+                              "included)")
         if os.path.exists(os.path.join(path, "config.json")):
             return hf.read_hf_config(path)
         raise ExportError(f"{path}: not a ner-taggers export (no {NER_CONFIG}) nor a Hugging Face model "
@@ -170,7 +174,11 @@ def _check_weights(path: str, meta: dict) -> None:
     if not os.path.exists(os.path.join(path, WEIGHTS)):
         raise ExportError(f"{path}: {WEIGHTS} is missing")
     expected = meta.get("weights_sha256")
-    if expected and weights_checksum(path) != expected:
+    try:
+        checksum = weights_checksum(path) if expected else None
+    except OSError as e:  # unreadable, or a folder where the file should be
+        raise ExportError(f"{os.path.join(path, WEIGHTS)}: cannot read it: {e.strerror or e}") from None
+    if expected and checksum != expected:
         raise ExportError(f"{os.path.join(path, WEIGHTS)}: the weights do not match the checksum in {NER_CONFIG} "
                           "(the file is truncated, corrupt or was replaced)")
 
@@ -203,9 +211,11 @@ def load_tagger(path: str, device: str | torch.device = "cpu") -> tuple[TaggerBa
         model = TAGGERS[meta["model_type"]].load(path, mcfg, labels, tokenizer)
     except ExportError:
         raise
+    except OSError as e:
+        raise ExportError(f"{path}: cannot read {e.filename or WEIGHTS}: {e.strerror or e}") from None
     except Exception as e:  # noqa: BLE001 - safetensors, torch and transformers raise many kinds
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"{path}: cannot load the model ({type(e).__name__}: {message})") from None
+        raise ExportError(f"{path}: cannot load the model: {WEIGHTS} does not fit the model {NER_CONFIG} "
+                          f"describes ({len(labels)} labels): {load_failure(e)}") from None
     if len(tokenizer) > model.vocab_size():
         raise _tokenizer_mismatch(path, len(tokenizer), model.vocab_size())
     model.to(device).eval()

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from common.cli import BAD_INPUT_EXIT, OS_ERROR_EXIT, device, os_error_line, output_dir_problem, text
+from common.cli import BAD_INPUT_EXIT, OS_ERROR_EXIT, Parser, device, os_error_line, output_dir_problem, text
 from common.data import DataError
 from taggers.export import ExportError
 
@@ -20,7 +20,7 @@ from .config import ConfigError, load_config
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="ner-train", description=__doc__,
+    p = Parser(prog="ner-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=text, help="TOML recipe (e.g. train/configs/bert_conll03.toml)")
     p.add_argument("--data", type=text, help="labelled data: CoNLL-style JSON or a folder of CoNLL files (data.path)")

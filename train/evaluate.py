@@ -13,7 +13,8 @@ import argparse
 import json
 import sys
 
-from common.cli import BAD_INPUT_EXIT, OS_ERROR_EXIT, at_least, declared, device, os_error_line, text
+from common.cli import BAD_INPUT_EXIT, OS_ERROR_EXIT, Parser, at_least, declared, os_error_line, text
+from common.cli import device as device_name
 from common.data import DataError, load_folds
 from common.labels import label_list
 from common.distributed import resolve_device
@@ -25,11 +26,11 @@ from taggers.predict import predict_windows
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="ner-evaluate", description=__doc__)
+    p = Parser(prog="ner-evaluate", description=__doc__)
     p.add_argument("--model", required=True, type=text)
     p.add_argument("--data", required=True, type=text)
     p.add_argument("--fold", default="test", type=text)
-    p.add_argument("--device", default="auto", type=device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", type=_precisions,
                    help="auto, fp32, bf16 or fp16, or several separated by commas to compare them (default fp32)")
     p.add_argument("--max-tokens", type=at_least(8), default=16384, help="padded word pieces per batch")
