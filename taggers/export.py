@@ -174,11 +174,7 @@ def _check_weights(path: str, meta: dict) -> None:
     if not os.path.exists(os.path.join(path, WEIGHTS)):
         raise ExportError(f"{path}: {WEIGHTS} is missing")
     expected = meta.get("weights_sha256")
-    try:
-        checksum = weights_checksum(path) if expected else None
-    except OSError as e:  # unreadable, or a folder where the file should be
-        raise ExportError(f"{os.path.join(path, WEIGHTS)}: cannot read it: {e.strerror or e}") from None
-    if expected and checksum != expected:
+    if expected and weights_checksum(path) != expected:  # an unreadable file: OSError naming it
         raise ExportError(f"{os.path.join(path, WEIGHTS)}: the weights do not match the checksum in {NER_CONFIG} "
                           "(the file is truncated, corrupt or was replaced)")
 
@@ -212,7 +208,9 @@ def load_tagger(path: str, device: str | torch.device = "cpu") -> tuple[TaggerBa
     except ExportError:
         raise
     except OSError as e:
-        raise ExportError(f"{path}: cannot read {e.filename or WEIGHTS}: {e.strerror or e}") from None
+        if e.filename is None:
+            raise ExportError(f"{path}: cannot load the model: {load_failure(e)}") from None
+        raise  # a file the system would not read (permission, a folder): the command's edge names it
     except Exception as e:  # noqa: BLE001 - safetensors, torch and transformers raise many kinds
         raise ExportError(f"{path}: cannot load the model: {WEIGHTS} does not fit the model {NER_CONFIG} "
                           f"describes ({len(labels)} labels): {load_failure(e)}") from None
