@@ -27,7 +27,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with a bad flag reported as one line (no usage block above it), exit code 2."""
 
     def error(self, message: str):
-        self.exit(BAD_INPUT_EXIT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+        self.exit(BAD_INPUT_EXIT, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 def declared(parse, allowed: Allowed | None, bad_value, name: str):

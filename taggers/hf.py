@@ -69,7 +69,9 @@ def ner_taggers_weights(path: str) -> bool:
             keys = list(f.keys())
     except Exception:  # noqa: BLE001 - unreadable: loading it says why
         return False
-    return any(k.startswith(("crf.", "casing.", "lstm.", "encoder.", "embedding.")) for k in keys)
+    # the BERT tagger keeps its encoder as ``encoder`` (a bare BertModel's own layers are ``encoder.layer.N``)
+    return any(k.startswith(("crf.", "casing.", "lstm.", "embedding.", "encoder.embeddings.", "encoder.encoder."))
+               for k in keys)
 
 
 def _mismatches(path: str) -> str | None:
