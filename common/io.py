@@ -10,8 +10,10 @@ the old file or the new one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import socket
 import sys
 from typing import Iterable, Iterator
@@ -30,11 +32,40 @@ def temp_name(path: str) -> str:
 
 
 @contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Any failure of the block that writes ``path`` to disk comes out as an ``OSError`` naming ``path``.
+
+    A write refused by the system (no space, file too large) raises ``OSError`` without the file's name,
+    and torch and safetensors raise their own kinds; the command's edge prints it as one line.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, _reason(e), path) from None
+        raise
+    except Exception as e:  # noqa: BLE001 - torch's RuntimeError, safetensors' SafetensorError
+        message = " ".join(str(e).split())
+        code = re.search(r"os error (\d+)|errno (\d+)", message)
+        if code:
+            number = int(code.group(1) or code.group(2))
+            raise OSError(number, os.strerror(number), path) from None
+        if "inline_container" in message or "PytorchStreamWriter" in message:
+            raise OSError(errno.EIO, f"write failed, the disk may be full or the file size limited ({message})",
+                          path) from None
+        raise
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or (os.strerror(e.errno) if e.errno else str(e))
+
+
+@contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w") -> Iterator:
     """Open a temporary file for writing; rename it to ``path`` when the block ends without error."""
     tmp = temp_name(path)
     try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with writing(path), open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename makes it visible (a crash keeps the old file)

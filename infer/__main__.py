@@ -19,50 +19,45 @@ import argparse
 import os
 import sys
 
+from common.cli import OS_ERROR_EXIT, Parser, at_least, declared, device, os_error_line, text
+from common.options import Allowed
+
 # oneDNN keeps compiled kernels for up to 1024 tensor shapes by default; length-sorted batches bring many
 # shapes, so a small cache keeps memory flat (set the variable yourself to override).
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 
 
 def _columns(value: str) -> list[str]:
-    return [c.strip() for c in value.split(",") if c.strip()]
+    columns = [c.strip() for c in value.split(",") if c.strip()]
+    if not columns:
+        raise argparse.ArgumentTypeError(f"expected column names separated by commas, got {value!r}")
+    return columns
 
 
-def _at_least(low: int, what: str = ""):
-    """An argparse type: a whole number >= ``low`` (bad values stop at parsing with one line, exit 2;
-    e.g. --buffer-rows 0 would otherwise never finish)."""
-    def parse(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-        if n < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}{what}, got {n}")
-        return n
-
-    return parse
+declared(_columns, Allowed(nonempty=True), ",", "columns")
+_at_least = at_least
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="ner-tag", description=__doc__,
+    p = Parser(prog="ner-tag", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True,
+    p.add_argument("--model", required=True, type=text,
                    help="export folder written by ner-train (RUN/export), or a Hugging Face token-classification "
                         "model folder or hub id (IOB/IOB2/BIOES id2label)")
-    p.add_argument("--input", required=True, nargs="+", metavar="PATH",
+    p.add_argument("--input", required=True, nargs="+", type=text, metavar="PATH",
                    help="Parquet file(s), glob(s) or folder(s) (hive partitions become columns); also "
                         "s3://bucket/prefix/ and other object-store URIs (see infer/fs.py)")
-    p.add_argument("--output", required=True, help="output folder (created; resumed when it exists), or an "
-                   "object-store URI such as s3://bucket/tagged/")
-    p.add_argument("--text-column", default="text", help="column with the raw text (default: text)")
-    p.add_argument("--id-column", help="column carried first into the output (e.g. a document id)")
+    p.add_argument("--output", required=True, type=text, help="output folder (created; resumed when it exists), "
+                   "or an object-store URI such as s3://bucket/tagged/")
+    p.add_argument("--text-column", default="text", type=text, help="column with the raw text (default: text)")
+    p.add_argument("--id-column", type=text, help="column carried first into the output (e.g. a document id)")
     p.add_argument("--keep-columns", type=_columns, metavar="A,B",
                    help="columns carried into the output; default: all but the text column "
                         "(when --id-column or --keep-columns is given, only those)")
     p.add_argument("--batch-tokens", type=_at_least(0, " (0: the default)"), default=0,
                    help="padded word pieces per batch, at least the model's window "
                         "(default: 4096 on CPU, 16384 on GPU)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--device", default="auto", type=device, help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 (fp16 without bf16 support) on GPU; on CPU bf16 where the CPU has native "
                         "bf16 (AVX512-BF16/AMX), else fp32. fp32 for exact full-precision results")
@@ -95,7 +90,7 @@ def parse_args(argv=None):
                    help="also write each row's words and every word's probabilities over the labels (columns "
                         "words, word_probs): a teacher's output for distillation (training's data.teacher)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p.parse_args(argv)
 
 
@@ -126,6 +121,9 @@ def main(argv=None) -> int:
     except (InputError, OutputError, ExportError, ValueError) as e:
         print(f"ner-tag: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # no space, file too large, permission, not a directory: finished parts are kept
+        print(f"ner-tag: error: {os_error_line(e, args.output)}", file=sys.stderr)
+        return OS_ERROR_EXIT
     except RuntimeError as e:
         if "CUDA" not in str(e):
             raise

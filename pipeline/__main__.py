@@ -16,6 +16,7 @@ corpus, ``OUT/bilstm_conll03`` on the gold fold alone); ``OUT/report``
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from common.cli import BAD_INPUT_EXIT, OS_ERROR_EXIT, Parser, at_least, os_error_line, output_dir_problem, text
 from common.io import atomic_write
 from common.rundir import RunFolder
 
@@ -67,27 +69,42 @@ def _train(name: str, recipe: str, data: str, out: str, *overrides: str) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="ner-main", description=__doc__,
+    p = Parser(prog="ner-main", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="labelled CoNLL-style JSON (or folder of CoNLL files)")
-    p.add_argument("--corpus", default="", help="Parquet file/folder of raw text: the teacher's unlabelled "
+    p.add_argument("--data", required=True, type=text, help="labelled CoNLL-style JSON (or folder of CoNLL files)")
+    p.add_argument("--corpus", type=text, help="Parquet file/folder of raw text: the teacher's unlabelled "
                                                 "sentences, and what the BERT tagger tags at the end")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--corpus-rows", type=int, default=20000,
+    p.add_argument("--text-column", default="text", type=text)
+    p.add_argument("--corpus-rows", type=at_least(0), default=20000,
                    help="tag only the first N rows of the corpus (0 = all); keeps the job under an hour on 2 cores")
-    p.add_argument("--teacher-stride", type=int, default=4,
+    p.add_argument("--teacher-stride", type=at_least(1), default=4,
                    help="the teacher tags every Nth row of the corpus for the BiLSTM student (default: 4)")
-    p.add_argument("--out", default="runs")
+    p.add_argument("--out", default="runs", type=text)
     args = p.parse_args(argv)
     from common.distributed import setup_logging
 
     setup_logging(rank=0)
+    problem = output_dir_problem(args.out)
+    if problem:
+        print(f"ner-main: error: --out: {problem}", file=sys.stderr)
+        return BAD_INPUT_EXIT
+    try:
+        return _main(args)
+    except OSError as e:  # the stages' own errors are printed by them; this is the job's own files
+        print(f"ner-main: error: {os_error_line(e, args.out)} (fix this and re-run: finished stages are kept)",
+              file=sys.stderr)
+        return OS_ERROR_EXIT
+
+
+def _main(args) -> int:
     if not os.path.exists(args.data):
-        print(f"ner-main: error: data {args.data!r} not found.\n"
-              "Pass your CoNLL-2003-style JSON ({'train'|'valid'|'test': [{'tokens': [...], 'tags': [...]}]}) "
-              "or a folder with train.txt/valid.txt/test.txt, e.g.\n"
-              "  make main DATA=path/to/conll03-iob-pos.json", file=sys.stderr)
-        return 2
+        print(f"ner-main: error: data {args.data!r} not found: pass your CoNLL-2003-style JSON "
+              "({'train'|'valid'|'test': [{'tokens': [...], 'tags': [...]}]}) or a folder with "
+              "train.txt/valid.txt/test.txt, e.g. make main DATA=path/to/conll03-iob-pos.json", file=sys.stderr)
+        return BAD_INPUT_EXIT
+    if args.corpus and not glob.glob(args.corpus):
+        print(f"ner-main: error: --corpus {args.corpus!r} not found", file=sys.stderr)
+        return BAD_INPUT_EXIT
     from infer.__main__ import main as tag_main
 
     os.makedirs(args.out, exist_ok=True)

@@ -29,12 +29,15 @@ two ``ner-tag`` outputs of one unlabelled input instead (see :mod:`report.tagged
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as _dt
 import logging
 import os
+import shutil
 import sys
 from typing import Sequence
 
+from common.cli import BAD_INPUT_EXIT, OS_ERROR_EXIT, Parser, at_least, device, os_error_line, output_dir_problem, text
 from common.data import DataError
 from common.io import atomic_write, write_json
 from common.rundir import RunFolder
@@ -46,40 +49,40 @@ from .figures import make_figures
 from .runs import ReportError, precision_check, resolve_device, unique_names
 from .sections_sets import cross_set_scores
 from .sections_stats import partial_match_definition
-from .sets import load_sets, score_sets, set_summary
+from .sets import SCORING_RULE, load_sets, score_sets, set_summary
 from .stats import bootstrap_settings
 
 log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ner-report", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="ner-report", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders written by ner-train")
-    p.add_argument("--data", action="append", metavar="[NAME=]PATH[#FOLD]",
+    p.add_argument("runs", nargs="*", type=text, metavar="RUN_DIR", help="run folders written by ner-train")
+    p.add_argument("--data", action="append", type=text, metavar="[NAME=]PATH[#FOLD]",
                    help="a labelled data set (JSON or CoNLL folder); repeat for several sets, each scored with "
                         "every run (NAME defaults to the file or folder name, FOLD to --fold: "
                         "--data test=D.json --data valid=D.json#valid). Its train fold tells seen from "
                         "unseen entities, and the fold is tagged by the export when a run has no saved "
                         "predictions for the set (default: the data path in the run's config.toml, if any)")
-    p.add_argument("--fold", default="test", help="fold to report on, in every set without #FOLD (default: test)")
-    p.add_argument("--out", required=True, help="report folder to write")
-    p.add_argument("--names", help="comma-separated display names, one per run (or per --tagged folder; "
+    p.add_argument("--fold", default="test", type=text, help="fold to report on, in every set without #FOLD (default: test)")
+    p.add_argument("--out", required=True, type=text, help="report folder to write")
+    p.add_argument("--names", type=text, help="comma-separated display names, one per run (or per --tagged folder; "
                                    "default: folder names)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+    p.add_argument("--bootstrap", type=at_least(0), default=1000, metavar="N",
                    help="bootstrap resamples of the sentences for the F1 intervals and the paired differences "
                         "(default 1000; 0: no intervals)")
-    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
-    p.add_argument("--tagged", nargs=2, metavar=("OUT_A", "OUT_B"),
+    p.add_argument("--bootstrap-seed", type=at_least(0), default=0, help="seed of the bootstrap resamples (default 0)")
+    p.add_argument("--tagged", nargs=2, type=text, metavar=("OUT_A", "OUT_B"),
                    help="compare two ner-tag output folders of the same input instead of labelled runs")
-    p.add_argument("--device", default="cpu", help="device for tagging with exports: cpu, cuda, cuda:1, auto")
+    p.add_argument("--device", default="cpu", type=device, help="device for tagging with exports: cpu, cuda, cuda:1, auto")
     p.add_argument("--precision-check", action="store_true",
                    help="also tag the (first set's) fold with each export in fp32 and in bf16 and compare them")
     p.add_argument("--no-speed", action="store_true", help="do not time the exports")
-    p.add_argument("--speed-sentences", type=int, default=0,
+    p.add_argument("--speed-sentences", type=at_least(0), default=0,
                    help="time the export on the first N sentences only (default 0: the whole fold)")
-    p.add_argument("--max-tokens", type=int, default=4096, help="word pieces per batch when tagging (default 4096)")
-    p.add_argument("--examples", type=int, default=3, help="examples per error class and model (default 3)")
+    p.add_argument("--max-tokens", type=at_least(8), default=4096, help="word pieces per batch when tagging (default 4096)")
+    p.add_argument("--examples", type=at_least(0), default=3, help="examples per error class and model (default 3)")
     p.add_argument("--no-html-embed", action="store_true", help="link the PNGs from report.html instead of embedding")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -141,10 +144,35 @@ def generate(args) -> dict:
         "figures": {k: os.path.relpath(v, args.out) for k, v in figures.items()},
         "sets": {r.name: {**set_summary(r), **(_clean(r.an) if r.an else {})} for r in results},
         "cross_set": cross_set_scores(results),
+        "scoring_rule": SCORING_RULE,
         "definitions": {"error_classes": errors.__doc__.split("Error classes\n-------------\n", 1)[-1].strip(),
                         "partial_match": partial_match_definition()},
     }
     write_json(os.path.join(args.out, "report.json"), report, indent=1)
+    return report
+
+
+def generate_staged(args) -> dict:
+    """:func:`generate` into ``OUT.tmp``, moved into ``OUT`` when complete: a failure (a bad option, no space)
+    leaves no half-written report, and a report already in ``OUT`` stays until the new one is whole."""
+    problem = output_dir_problem(args.out)
+    if problem:  # before any run is loaded or tagged
+        raise ReportError(f"--out: {problem}")
+    final = args.out.rstrip("/") or args.out
+    stage = final + ".tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    staged = copy.copy(args)
+    staged.out = stage
+    try:
+        report = generate(staged)
+        os.makedirs(final, exist_ok=True)
+        for name in os.listdir(stage):
+            target = os.path.join(final, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(stage, name), target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return report
 
 
@@ -153,10 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        report = generate(args)
+        report = generate_staged(args)
     except (ReportError, DataError) as e:
         print(f"ner-report: error: {e}", file=sys.stderr)
-        return 2
+        return BAD_INPUT_EXIT
+    except OSError as e:  # no space, file too large, permission: nothing half-written is left in --out
+        print(f"ner-report: error: {os_error_line(e, args.out)}", file=sys.stderr)
+        return OS_ERROR_EXIT
     if report.get("kind") == "tagged_comparison":
         print(f"wrote {os.path.join(args.out, 'report.md')}, report.html and report.json; exact agreement "
               f"(strict F1) {100 * report['agreement']['strict']['f1']:.2f}, partial "

@@ -8,9 +8,9 @@ from functools import partial
 from .fmt import Context
 from .render import Document, md_escape
 from .sections import _breakdowns, _disagreements, _entity_errors, _headline, _hints, _learning_curves, _per_type
-from .sections_sets import cross_set, set_section
+from .sections_sets import cross_set, left_out_sentence, set_section
 from .sections_stats import partial_match, precision_check
-from .sets import SetResult
+from .sets import SCORING_RULE, SetResult
 
 
 def build_document(results: list[SetResult], args, figures: dict[str, str]) -> Document:
@@ -56,6 +56,10 @@ def _introduction(doc: Document, ctx: Context, results: list[SetResult]) -> None
                  + ", ".join(f"**{md_escape(r.name)}** (fold `{r.set.fold}` of `{r.set.path}`)" for r in results)
                  + f". The first set, **{md_escape(results[0].name)}**, is analysed in full in the sections "
                    "that name it; every other set has one section of its own.")
+    rule = SCORING_RULE
+    if len(results) == 1 and left_out_sentence(results[0]):
+        rule += " " + left_out_sentence(results[0])
+    doc.para(rule)
     for n in names:
         for note in models[n]["notes"]:
             doc.para(f"Note on **{md_escape(n)}**: {md_escape(note)}.")

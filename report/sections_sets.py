@@ -45,16 +45,15 @@ def cross_set_scores(results: list[SetResult]) -> dict:
 
 
 def left_out_sentence(r: SetResult) -> str | None:
-    """Which types a set was not scored on, and why (None when every type was scored)."""
+    """Where the models' types differ from the set's, and what the scoring rule made of it (None: they agree)."""
     if r.scored_types is None:
         return None
-    parts = [f"{md_escape(t)} (not in the labels of {', '.join(f'**{md_escape(n)}**' for n in ns)})"
-             for t, ns in r.left_out.get("not_in_models", {}).items()]
-    parts += [f"{md_escape(t)} (predicted by {', '.join(f'**{md_escape(n)}**' for n in ns)} but not annotated "
-              "in the set)" for t, ns in r.left_out.get("not_in_set", {}).items()]
     scored = ", ".join(md_escape(t) for t in r.scored_types) or "none"
-    return (f"Scored on the types shared by the set and the models' labels only ({scored}), for every model; "
-            f"left out: {'; '.join(parts)}. Entities of a left-out type, gold or predicted, count as O.")
+    parts = [f"{md_escape(t)} is not in the labels of {', '.join(f'**{md_escape(n)}**' for n in ns)} (counted as "
+             "missed)" for t, ns in r.left_out.get("not_in_models", {}).items()]
+    parts += [f"{md_escape(t)} is predicted by {', '.join(f'**{md_escape(n)}**' for n in ns)} but not annotated "
+              "in the set (counted as false positives)" for t, ns in r.left_out.get("not_in_set", {}).items()]
+    return f"Scored on every type the set annotates ({scored}), for every model; {'; '.join(parts)}."
 
 
 def _set_line(r: SetResult) -> str:

@@ -13,10 +13,10 @@ Which predictions are scored on a set:
 * on any other set, and on the home set when there are no saved predictions, the run's export tags the
   fold; a run without an export is not scored on its non-home sets (the report says so).
 
-Shared types: when a run tagged by its export on a non-home set has labels that differ from the entity
-types annotated in the set (its loaded folds), the set is scored on the types both have, for every model of
-the set (so they stay comparable): entities of the other types, gold or predicted, become ``O``.  The
-types left out, and why, are in the report.
+The scoring rule, the same for every set and every model, saved predictions or tagged
+(:data:`SCORING_RULE`): all gold and all predicted entities count, as conlleval counts them.  A model whose
+labels lack a type the set annotates misses those entities (its recall); entities it predicts of a type the
+set does not annotate are false positives (its precision).  Both, per model, are stated in the report.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ from .runs import ReportError, RunData, check_against_data, data_path_of_runs, l
 from .stats import add_statistics
 
 log = logging.getLogger(__name__)
+
+SCORING_RULE = ("Every set is scored the same way for every model, from saved predictions or tagged by the "
+                "export: on all its gold entities and all predicted ones, as conlleval counts them; entities of "
+                "a type a model lacks count as missed, and predicted entities of a type the set does not "
+                "annotate count as false positives.")
 
 
 @dataclass
@@ -54,7 +59,7 @@ class SetResult:
     runs: list[RunData]
     an: dict | None                       # None when no run could be scored on the set
     not_scored: dict[str, str] = field(default_factory=dict)   # run name -> why
-    scored_types: list[str] | None = None                       # None: every type scored
+    scored_types: list[str] | None = None          # the set's types; None: every model has exactly those
     left_out: dict = field(default_factory=dict)   # {"not_in_models": {T: [runs]}, "not_in_set": {T: [runs]}}
 
     @property
@@ -161,30 +166,39 @@ def export_types(run_path: str) -> list[str] | None:
     return sorted({split_tag(t)[1] for t in labels if t != "O"})
 
 
-# --- shared types --------------------------------------------------------------------------------------
+def model_types(run_path: str) -> list[str] | None:
+    """Entity types a run's model knows: its export's labels, else the labels in its metrics.json."""
+    if RunFolder(run_path).has_export():
+        return export_types(run_path)
+    try:
+        labels = RunFolder(run_path).read_metrics().get("labels")
+    except (OSError, ValueError):
+        return None
+    return sorted({split_tag(t)[1] for t in labels if t != "O"}) if isinstance(labels, list) else None
 
-def shared_types(set_types: Sequence[str] | None, model_types: dict[str, Sequence[str]]
+
+# --- the scoring rule ----------------------------------------------------------------------------------
+
+def scored_types(set_types: Sequence[str] | None, model_types: dict[str, Sequence[str]]
                  ) -> tuple[list[str] | None, dict]:
-    """``(types to score, types left out)`` of a set, given the types of the models tagged on it.
+    """``(types scored, differences)`` of a set under :data:`SCORING_RULE`, given each model's types.
 
-    ``(None, {})`` when every model has exactly the set's types.  Otherwise the scored types are the set's
-    types every model has; left out are ``{"not_in_models": {T: [models without T]},
-    "not_in_set": {T: [models with T]}}``.
+    ``(None, {})`` when every model has exactly the set's types.  Otherwise every type the set annotates is
+    scored, and the differences are ``{"not_in_models": {T: [models without T]} (counted as missed),
+    "not_in_set": {T: [models with T]} (their predictions count as false positives)}``.
     """
     if set_types is None or not model_types:
         return None, {}
     annotated = set(set_types)
-    scored = set(annotated)
-    for ts in model_types.values():
-        scored &= set(ts)
-    not_in_models = {t: [n for n, ts in model_types.items() if t not in ts] for t in sorted(annotated - scored)}
+    not_in_models = {t: [n for n, ts in model_types.items() if t not in ts] for t in sorted(annotated)}
+    not_in_models = {t: ns for t, ns in not_in_models.items() if ns}
     not_in_set: dict[str, list[str]] = {}
     for n, ts in model_types.items():
         for t in sorted(set(ts) - annotated):
             not_in_set.setdefault(t, []).append(n)
     if not not_in_models and not not_in_set:
         return None, {}
-    return sorted(scored), {"not_in_models": not_in_models, "not_in_set": dict(sorted(not_in_set.items()))}
+    return sorted(annotated), {"not_in_models": not_in_models, "not_in_set": dict(sorted(not_in_set.items()))}
 
 
 def keep_types(tags: Sequence[str], keep: set[str]) -> list[str]:
@@ -192,17 +206,11 @@ def keep_types(tags: Sequence[str], keep: set[str]) -> list[str]:
     return [t if t == "O" or t.partition("-")[2] in keep else "O" for t in tags]
 
 
-def restrict_run(run: RunData, types: Sequence[str]) -> None:
-    keep = set(types)
-    run.gold = [keep_types(g, keep) for g in run.gold]
-    run.pred = [keep_types(p, keep) for p in run.pred]
-
-
 # --- scoring -------------------------------------------------------------------------------------------
 
 def score_set(s: EvalSet, index: int, runs: Sequence[tuple[str, str, int]], args) -> SetResult:
     """Load (or tag) every run on set ``index`` and analyse them; ``runs`` are ``(path, name, home index)``."""
-    loaded, not_scored, tagged_types = [], {}, {}
+    loaded, not_scored, types_of = [], {}, {}
     for path, name, home in runs:
         if home == index:   # as a one-set report always did: saved predictions, else the export
             run = load_run(path, name, s.fold, s.sentences, args)
@@ -217,14 +225,11 @@ def score_set(s: EvalSet, index: int, runs: Sequence[tuple[str, str, int]], args
                 not_scored[name] = str(e)
                 log.warning("%s not scored on set %s: %s", name, s.name, e)
                 continue
-            types = export_types(path)
-            if types is not None:
-                tagged_types[name] = types
+        types = model_types(path)  # on every set alike: one scoring rule (SCORING_RULE)
+        if types is not None:
+            types_of[name] = types
         loaded.append(run)
-    scored, left_out = shared_types(s.types, tagged_types)
-    if scored is not None:
-        for run in loaded:
-            restrict_run(run, scored)
+    scored, left_out = scored_types(s.types, types_of)
     if not loaded:
         return SetResult(s, [], None, not_scored, scored, left_out)
     an = analyse(loaded, s.seen)

@@ -8,47 +8,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.options import opt
+
 MODEL_TYPES = ("bert", "bilstm")
 
 
 @dataclass
 class ModelConfig:
-    type: str = "bert"
+    type: str = opt("bert", choices=MODEL_TYPES)
     """Tagger: bert or bilstm."""
     encoder: str = ""
     """Hugging Face model id or folder for the tokenizer (and the BERT encoder); empty = offline MiniLM."""
-    max_length: int = 512
+    max_length: int = opt(512, at_least=8)
     """Word pieces per window, special tokens included; longer sentences are split into windows."""
     label_all_pieces: bool = True
     """Continuation pieces carry I-X / O (True) or are ignored in loss and metrics (False)."""
-    context_pieces: int = 0
+    context_pieces: int = opt(0, at_least=0)
     """FLERT document context: pieces of neighbouring sentences added on each side (0 = off)."""
-    pack_pieces: int = 0
+    pack_pieces: int = opt(0, at_least=8, or_zero=True)
     """Document packing: consecutive sentences of one document share a window of up to this many pieces
     (special tokens included), every one of them labelled and scored (0 = one sentence per window)."""
     use_casing: bool = True
     """Concatenate an embedding of each word's casing class before the head (and into the LSTM)."""
-    casing_dim: int = 16
+    casing_dim: int = opt(16, at_least=1)
     use_crf: bool = False
     """CRF output layer with IOB2-constrained Viterbi decoding."""
     constrained_decoding: bool = True
     """Without a CRF: decode the best IOB2-valid path over the softmax instead of the per-piece argmax."""
-    dropout: float = 0.1
-    head_hidden: int = 0
+    dropout: float = opt(0.1, at_least=0, below=1)
+    head_hidden: int = opt(0, at_least=0)
     """Hidden size of the feed-forward head (0 = a single linear layer)."""
     freeze_embeddings: bool = False
     """Keep the word-piece embedding table as initialised (BERT: the encoder's; position embeddings and the
     rest still train)."""
-    freeze_layers: int = 0
+    freeze_layers: int = opt(0, at_least=0)
     """BERT: keep the encoder's embeddings and its lowest N transformer layers as pre-trained (0 = all train).
     Nothing below the lowest trained layer needs a gradient, so their backward is skipped."""
     # BiLSTM only
-    embedding_dim: int = 0
+    embedding_dim: int = opt(0, at_least=0)
     """Word-piece embedding size (0 = the encoder's hidden size, needed to initialise from it)."""
     init_embeddings: bool = True
     """Initialise the embedding from the transformer's input embeddings."""
-    lstm_hidden: int = 256
+    lstm_hidden: int = opt(256, at_least=1)
     """Hidden size per direction."""
-    lstm_layers: int = 2
+    lstm_layers: int = opt(2, at_least=1)
     init_from: str = ""
     """Start from an existing export of the same tagger and tag set (fine-tuning further)."""

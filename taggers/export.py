@@ -24,11 +24,11 @@ import torch
 
 from common.data import split_tag
 from common.encoding import PieceWindower
-from common.io import atomic_write
+from common.io import atomic_write, writing
 
 from . import hf
 from .config import ModelConfig
-from .models import TAGGERS, WEIGHTS, ExportError, TaggerBase, quiet_transformers
+from .models import TAGGERS, WEIGHTS, ExportError, TaggerBase, load_failure, quiet_transformers
 
 FORMAT_VERSION = 1
 NER_CONFIG = "ner_config.json"
@@ -76,13 +76,30 @@ def _make_readable(folder: str) -> None:
 
 
 def save_export(model: TaggerBase, mcfg: ModelConfig, tokenizer, out_dir: str, extra: dict | None = None) -> None:
-    """Write the export atomically: into ``out_dir.tmp``, then swap it in."""
+    """Write the export atomically: into ``out_dir.tmp``, then swap it in; a failed write (no space, file too
+    large) removes ``out_dir.tmp`` and raises ``OSError`` naming the file, the export before it untouched."""
     tmp = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_export(model, mcfg, tokenizer, tmp, extra)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out_dir.rstrip("/") + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(out_dir):
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_export(model: TaggerBase, mcfg: ModelConfig, tokenizer, tmp: str, extra: dict | None) -> None:
     os.makedirs(tmp)
     model = getattr(model, "module", model)
-    model.save(tmp)
-    tokenizer.save_pretrained(tmp)
+    with writing(os.path.join(tmp, WEIGHTS)):
+        model.save(tmp)
+    with writing(tmp):
+        tokenizer.save_pretrained(tmp)
     meta = {
         "format_version": FORMAT_VERSION,
         "model_type": model.model_type,
@@ -106,12 +123,6 @@ def save_export(model: TaggerBase, mcfg: ModelConfig, tokenizer, out_dir: str, e
     with atomic_write(os.path.join(tmp, NER_CONFIG)) as f:
         json.dump(meta, f, indent=2)
     _make_readable(tmp)
-    old = out_dir.rstrip("/") + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(out_dir):
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_export_config(path: str) -> dict:
@@ -127,6 +138,10 @@ def read_export_config(path: str) -> dict:
             return hf.read_hf_config(path)
         raise ExportError(f"{path}: export folder not found")
     if not os.path.exists(meta_path):
+        if hf.ner_taggers_weights(path):
+            raise ExportError(f"{path}: {NER_CONFIG} is missing: {WEIGHTS} holds a ner-taggers export's weights, "
+                              f"which cannot be used without it (copy the export folder again, {NER_CONFIG} "
+                              "included)")
         if os.path.exists(os.path.join(path, "config.json")):
             return hf.read_hf_config(path)
         raise ExportError(f"{path}: not a ner-taggers export (no {NER_CONFIG}) nor a Hugging Face model "
@@ -159,7 +174,7 @@ def _check_weights(path: str, meta: dict) -> None:
     if not os.path.exists(os.path.join(path, WEIGHTS)):
         raise ExportError(f"{path}: {WEIGHTS} is missing")
     expected = meta.get("weights_sha256")
-    if expected and weights_checksum(path) != expected:
+    if expected and weights_checksum(path) != expected:  # an unreadable file: OSError naming it
         raise ExportError(f"{os.path.join(path, WEIGHTS)}: the weights do not match the checksum in {NER_CONFIG} "
                           "(the file is truncated, corrupt or was replaced)")
 
@@ -192,9 +207,13 @@ def load_tagger(path: str, device: str | torch.device = "cpu") -> tuple[TaggerBa
         model = TAGGERS[meta["model_type"]].load(path, mcfg, labels, tokenizer)
     except ExportError:
         raise
+    except OSError as e:
+        if e.filename is None:
+            raise ExportError(f"{path}: cannot load the model: {load_failure(e)}") from None
+        raise  # a file the system would not read (permission, a folder): the command's edge names it
     except Exception as e:  # noqa: BLE001 - safetensors, torch and transformers raise many kinds
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"{path}: cannot load the model ({type(e).__name__}: {message})") from None
+        raise ExportError(f"{path}: cannot load the model: {WEIGHTS} does not fit the model {NER_CONFIG} "
+                          f"describes ({len(labels)} labels): {load_failure(e)}") from None
     if len(tokenizer) > model.vocab_size():
         raise _tokenizer_mismatch(path, len(tokenizer), model.vocab_size())
     model.to(device).eval()

@@ -34,7 +34,7 @@ from torch import nn
 
 from common.encoding import IGNORE_INDEX, PieceWindower
 
-from .models import ExportError, quiet_transformers
+from .models import ExportError, load_failure, quiet_transformers
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,41 @@ __all__ = ["HF_MODEL_TYPE", "HFTokenClassifier", "hf_labels", "is_hub_id", "load
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def ner_taggers_weights(path: str) -> bool:
+    """True when ``path`` holds weights that only a ner-taggers export's config describes (CRF, casing, LSTM,
+    or the encoder under the tagger's own name)."""
+    weights = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(weights):
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(weights, "pt") as f:
+            keys = list(f.keys())
+    except Exception:  # noqa: BLE001 - unreadable: loading it says why
+        return False
+    # the BERT tagger keeps its encoder as ``encoder`` (a bare BertModel's own layers are ``encoder.layer.N``)
+    return any(k.startswith(("crf.", "casing.", "lstm.", "embedding.", "encoder.embeddings.", "encoder.encoder."))
+               for k in keys)
+
+
+def _mismatches(path: str) -> str | None:
+    """The tensors whose shapes differ between the weights and config.json (transformers only logs them)."""
+    from transformers import AutoModelForTokenClassification
+
+    try:
+        _, info = AutoModelForTokenClassification.from_pretrained(path, output_loading_info=True,
+                                                                  ignore_mismatched_sizes=True)
+    except Exception:  # noqa: BLE001 - the first error is reported instead
+        return None
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if not mismatched:
+        return None
+    return ("model.safetensors does not fit config.json: " + "; ".join(
+        f"{name}: {list(saved)} in the weights, {list(wanted)} for config.json" for name, saved, wanted in mismatched)
+        + " (does id2label list the labels the model was trained with?)")
 
 
 def is_hub_id(path: str) -> bool:
@@ -249,7 +284,7 @@ def load_hf_tagger(path: str, device: str | torch.device = "cpu", meta: dict | N
     try:
         hf_model, info = AutoModelForTokenClassification.from_pretrained(path, output_loading_info=True)
     except Exception as e:  # noqa: BLE001 - safetensors, torch and transformers raise many kinds
-        raise ExportError(f"{path}: cannot load the model ({_one_line(e)})") from None
+        raise ExportError(f"{path}: cannot load the model ({_mismatches(path) or load_failure(e)})") from None
     missing = sorted((info or {}).get("missing_keys") or [])
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")

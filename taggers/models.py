@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,6 +23,21 @@ WEIGHTS = "model.safetensors"
 
 class ExportError(ValueError):
     """An export (or a model to build) that cannot be used; the message names the path and the problem."""
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for ([\w.]+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) "
+                            r"from checkpoint, the shape in current model is torch\.Size\(\[([\d, ]*)\]\)")
+
+
+def load_failure(e: BaseException) -> str:
+    """Why loading weights failed, in full on one line: torch's size mismatches listed as ``NAME: [9, 32] in
+    the weights, [11, 32] in the model`` (torch's message puts them on the lines after its first)."""
+    text = " ".join(str(e).split())
+    mismatches = [f"{name}: [{saved}] in the weights, [{wanted}] in the model"
+                  for name, saved, wanted in _SIZE_MISMATCH.findall(text)]
+    if mismatches:
+        return "size mismatch: " + "; ".join(mismatches)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def quiet_transformers() -> None:

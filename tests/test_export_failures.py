@@ -84,8 +84,34 @@ def test_hand_edited_config_is_refused(export_copy, changes, expected):
 
 def test_labels_that_do_not_fit_the_weights_are_refused(export_copy):
     meta = json.loads((export_copy / NER_CONFIG).read_text())
+    n = len(meta["labels"])
     _edit_config(export_copy, labels=meta["labels"] + ["B-EXTRA", "I-EXTRA"])
-    _refused(export_copy, "cannot load the model")
+    message = _refused(export_copy, "cannot load the model", WEIGHTS, NER_CONFIG, f"({n + 2} labels)",
+                       "size mismatch", f"[{n}] in the weights, [{n + 2}] in the model")
+    assert not message.endswith(":")  # the reason in full, not torch's first line
+
+
+@pytest.mark.parametrize("kind", ["bert_extras", "bilstm"])
+def test_export_without_ner_config_names_it(kind, tiny_exports, tmp_path):
+    """Not read as a Hugging Face model (whose loader says only "look at the above report")."""
+    path = tmp_path / "export"
+    shutil.copytree(tiny_exports[kind] / "export", path)
+    (path / NER_CONFIG).unlink()
+    message = _refused(path, f"{NER_CONFIG} is missing", WEIGHTS)
+    assert "ignore_mismatched_sizes" not in message and "above" not in message
+
+
+def test_hf_folder_whose_labels_do_not_fit_names_the_tensors(tiny_exports, tmp_path):
+    path = tmp_path / "hf"
+    shutil.copytree(tiny_exports["bert"] / "export", path)
+    (path / NER_CONFIG).unlink()
+    config = json.loads((path / "config.json").read_text())
+    n = len(config["id2label"])
+    config["id2label"].update({str(n): "B-EXTRA", str(n + 1): "I-EXTRA"})
+    config["label2id"].update({"B-EXTRA": n, "I-EXTRA": n + 1})
+    (path / "config.json").write_text(json.dumps(config))
+    message = _refused(path, "does not fit config.json", f"classifier.bias: [{n}] in the weights, [{n + 2}]")
+    assert "ignore_mismatched_sizes" not in message
 
 
 def test_export_files_are_readable_by_others(tiny_exports):

@@ -214,7 +214,7 @@ def test_clear_difference_is_more_than_noise(tmp_path, fake_exports, monkeypatch
 
 # --- 3. several evaluation sets -----------------------------------------------------------------------------
 
-def test_set_specs_names_and_shared_types(tmp_path):
+def test_set_specs_names_and_the_scoring_rule(tmp_path):
     assert report_sets.parse_data_spec("wnut=data/wnut.json") == ("wnut", "data/wnut.json")
     assert report_sets.parse_data_spec("data/wnut.json") == (None, "data/wnut.json")
     assert report_sets.split_fold("data/wnut.json#valid", "test") == ("data/wnut.json", "valid")
@@ -226,10 +226,10 @@ def test_set_specs_names_and_shared_types(tmp_path):
         "news.json", "b", "news.json_2"]
     with pytest.raises(report_runs.ReportError, match="given twice"):
         report_sets.set_names([("a", "x"), ("a", "y")])
-    scored, left = report_sets.shared_types(["EVENT", "LOC", "PER"], {"m": ["LOC", "MISC", "PER"]})
-    assert scored == ["LOC", "PER"]
+    scored, left = report_sets.scored_types(["EVENT", "LOC", "PER"], {"m": ["LOC", "MISC", "PER"]})
+    assert scored == ["EVENT", "LOC", "PER"]   # every type of the set, whatever the model knows
     assert left == {"not_in_models": {"EVENT": ["m"]}, "not_in_set": {"MISC": ["m"]}}
-    assert report_sets.shared_types(["LOC"], {"m": ["LOC"]}) == (None, {})
+    assert report_sets.scored_types(["LOC"], {"m": ["LOC"]}) == (None, {})
     assert report_sets.keep_types(["B-PER", "I-MISC", "I-PER", "O"], {"PER"}) == ["B-PER", "O", "I-PER", "O"]
 
 
@@ -241,13 +241,13 @@ def test_two_sets(two_sets, tmp_path):
     # the first set is the main one, scored on the saved predictions (the runs were trained on it)
     assert rep["models"] == news["models"] and rep["data"] == a
     assert news["sources"] == {"alpha": "predictions", "beta": "predictions"} and news["left_out"] == {}
-    # the second set: tagged by the exports, scored on the shared types (EVENT and MISC left out)
+    # the second set: tagged by the exports, scored as the first (EVENT missed, MISC predictions false positives)
     assert sports["sources"] == {"alpha": "export", "beta": "export"}
     assert sports["types_annotated"] == ["EVENT", "LOC", "ORG", "PER"]
-    assert sports["types_scored"] == ["LOC", "ORG", "PER"]
+    assert sports["types_scored"] == ["EVENT", "LOC", "ORG", "PER"]
     assert sports["left_out"] == {"not_in_models": {"EVENT": ["alpha", "beta"]},
                                   "not_in_set": {"MISC": ["alpha", "beta"]}}
-    keep = ["LOC", "ORG", "PER"]
+    keep = None
     for name in ("alpha", "beta"):
         gold, pred = gold_pred(SET_B_TEST, name, keep)
         m = sports["models"][name]
@@ -256,10 +256,11 @@ def test_two_sets(two_sets, tmp_path):
         assert_close(m["partial_match"], partial_match_scores(gold, pred))
         assert rep["cross_set"][name]["sports"]["f1"] == pytest.approx(m["scores"]["f1"])
         assert rep["cross_set"][name]["news.json"]["low"] == pytest.approx(rep["models"][name]["f1_interval"]["low"])
-    # alpha on sports: Berlin (LOC -> MISC, dropped) missed, Tokyo LOC -> ORG; the MISC on the EVENT dropped
-    assert sports["models"]["alpha"]["errors"]["num_gold"] == 5 and sports["models"]["alpha"]["errors"]["num_pred"] == 4
-    assert sports["models"]["beta"]["scores"]["f1"] == pytest.approx(1.0)
-    assert "EVENT" not in sports["types"] and "MISC" not in sports["types"]
+    # alpha on sports: Berlin LOC -> MISC, Tokyo LOC -> ORG, a MISC on the EVENT Olympic Games;
+    # both EVENTs missed by both models
+    assert sports["models"]["alpha"]["errors"]["num_gold"] == 7 and sports["models"]["alpha"]["errors"]["num_pred"] == 6
+    assert sports["models"]["beta"]["scores"]["f1"] == pytest.approx(2 * 5 / 12)
+    assert "EVENT" in sports["types"] and "MISC" in sports["types"]
     (d,) = sports["f1_differences"]
     (gold, pa), (_, pb) = gold_pred(SET_B_TEST, "alpha", keep), gold_pred(SET_B_TEST, "beta", keep)
     assert {k: d[k] for k in ("diff", "low", "high", "p_value")} == pytest.approx(paired_difference(gold, pa, pb))
@@ -267,8 +268,9 @@ def test_two_sets(two_sets, tmp_path):
     assert md.index("1. Scores across evaluation sets") < md.index("2. Headline — set **news.json**")
     assert "| Model | news.json F1 [95% CI] | sports F1 [95% CI] |" in md
     assert "Set **sports**" in md and "Partial-match scores (SemEval-2013)" in md.split("Set **sports**")[1]
-    assert "left out: EVENT (not in the labels of **alpha**, **beta**); MISC (predicted by **alpha**, **beta** " \
-           "but not annotated in the set)" in md
+    assert "EVENT is not in the labels of **alpha**, **beta** (counted as missed); MISC is predicted by **alpha**, " \
+           "**beta** but not annotated in the set (counted as false positives)" in md
+    assert report_sets.SCORING_RULE in md and rep["scoring_rule"] == report_sets.SCORING_RULE
     assert md.index("Set **sports**") < md.index("Improvement hints")
     assert md.count("Where the models disagree") == 1   # the error analysis is the first set's
 
@@ -286,9 +288,10 @@ def test_home_set_follows_the_config_and_runs_without_export(two_sets, tmp_path,
     assert sports["sources"] == {"alpha": "export", "gamma": "predictions"}
     assert "delta" in sports["not_scored"] and rep["cross_set"]["delta"]["sports.json"] is None
     assert "| **delta** | **" in md and "| n/a |" in md and "**delta** not scored" in md
-    # gamma's saved predictions on sports keep EVENT in the gold, but alpha (tagged) has no EVENT: left out
-    assert sports["types_scored"] == ["LOC", "ORG", "PER"]
-    gold, pred = gold_pred(SET_B_TEST, "gamma", ["LOC", "ORG", "PER"])
+    # gamma's saved predictions on sports are scored by the same rule as alpha's tagging: all of the set's types
+    assert sports["types_scored"] == ["EVENT", "LOC", "ORG", "PER"]
+    assert sports["left_out"]["not_in_models"] == {"EVENT": ["alpha", "gamma"]}
+    gold, pred = gold_pred(SET_B_TEST, "gamma")
     assert sports["models"]["gamma"]["scores"]["f1"] == pytest.approx(entity_scores(gold, pred)["f1"])
 
 
@@ -302,9 +305,9 @@ def test_conll_folder_set_and_single_fold(two_sets, tmp_path):
             f.write("\n")
     rep, md = run_report(runs + ["--data", a, "--data", f"cn={folder}"], tmp_path / "r")
     cn = rep["sets"]["cn"]   # no train fold: no seen/unseen breakdown there, the rest as for JSON
-    assert cn["sentences"] == 4 and cn["types_scored"] == ["LOC", "ORG", "PER"]
+    assert cn["sentences"] == 4 and cn["types_scored"] == ["EVENT", "LOC", "ORG", "PER"]
     assert "seen_in_train" not in cn["models"]["alpha"]["breakdowns"]
-    gold, pred = gold_pred(SET_B_TEST, "beta", ["LOC", "ORG", "PER"])
+    gold, pred = gold_pred(SET_B_TEST, "beta")
     assert cn["models"]["beta"]["scores"]["f1"] == pytest.approx(entity_scores(gold, pred)["f1"])
 
 
@@ -317,6 +320,23 @@ def test_two_folds_of_one_file(two_sets, tmp_path):
     gold, pred = gold_pred(SET_A_TEST[:1], "beta")
     assert rep["sets"]["valid"]["models"]["beta"]["scores"]["f1"] == pytest.approx(entity_scores(gold, pred)["f1"])
     assert "folds `test`, `valid`" in md.splitlines()[0]
+
+
+def test_one_scoring_rule_for_every_set(two_sets, tmp_path, monkeypatch):
+    """The same file given twice is scored the same way twice: the saved predictions (first set) and the
+    export's tagging (second) both on every type of the set, the types the model lacks stated for both."""
+    runs, a, b = two_sets
+    monkeypatch.setitem(OVERRIDES, "gamma", {})
+    gamma = write_run(tmp_path / "runs", "gamma", b, SET_B_TEST)  # trained on sports: labels without EVENT
+    rep, md = run_report([gamma, "--data", f"one={b}", "--data", f"two={b}"], tmp_path / "r")
+    one, two = rep["sets"]["one"], rep["sets"]["two"]
+    assert one["sources"] == {"gamma": "predictions"} and two["sources"] == {"gamma": "export"}
+    assert one["types_scored"] == two["types_scored"] == ["EVENT", "LOC", "ORG", "PER"]
+    assert one["left_out"] == two["left_out"] == {"not_in_models": {"EVENT": ["gamma"]},
+                                                  "not_in_set": {"MISC": ["gamma"]}}
+    for key in ("precision", "recall", "f1"):
+        assert one["models"]["gamma"]["scores"][key] == pytest.approx(two["models"]["gamma"]["scores"][key])
+    assert md.count("EVENT is not in the labels of **gamma** (counted as missed)") == 3  # both sets' lines + section
 
 
 # --- 4. two ner-tag outputs of one unlabelled input ----------------------------------------------------------

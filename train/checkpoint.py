@@ -16,6 +16,7 @@ or names nothing, the newest complete checkpoint is used.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -25,10 +26,12 @@ import numpy as np
 import torch
 
 from common import distributed
-from common.io import atomic_write
+from common.io import atomic_write, writing
 from common.rundir import RunFolder
 
 from .config import Config, ConfigError, from_dict, to_dict
+
+log = logging.getLogger("train")
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.pt"
@@ -90,11 +93,21 @@ def save_checkpoint(engine, trainer_state: dict, run_dir: str, info, keep: int =
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     distributed.barrier()
-    engine.save(tmp)
+    try:
+        with writing(tmp):
+            engine.save(tmp)
+    except OSError:  # no space, file too large: the half-written checkpoint goes, the complete ones stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     rng_states = distributed.gather_objects(_rng_state(), info)
     distributed.barrier()  # every rank's engine files are written
     if info.is_main:
-        torch.save({**trainer_state, "rng": rng_states}, os.path.join(tmp, TRAINER_STATE))
+        try:
+            with writing(os.path.join(tmp, TRAINER_STATE)):
+                torch.save({**trainer_state, "rng": rng_states}, os.path.join(tmp, TRAINER_STATE))
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         os.replace(tmp, final)
         with atomic_write(os.path.join(root, LATEST)) as f:
             f.write(name)
@@ -121,6 +134,33 @@ def load_checkpoint(engine, path: str, info) -> dict:
     return saved
 
 
+def load_with_fallback(engine, path: str, info) -> tuple[str, dict]:
+    """:func:`load_checkpoint` of ``path``; when it cannot be read (truncated, corrupt), the next older
+    complete checkpoint, each failure named in one log line.  Returns (the checkpoint used, its trainer
+    state); ConfigError when none can be read."""
+    root = os.path.dirname(path)
+    older = [os.path.join(root, name) for name in reversed(_complete(root))]
+    candidates = [path] + [p for p in older if p != path and _order(p) < _order(path)]
+    failures = []
+    for candidate in candidates:
+        try:
+            return candidate, load_checkpoint(engine, candidate, info)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - torch.load and DeepSpeed raise many kinds on a damaged file
+            reason = " ".join(str(e).split())[:300] or type(e).__name__
+            failures.append(f"{candidate} ({type(e).__name__}: {reason})")
+            log.warning("checkpoint %s cannot be read (%s: %s); trying an older one", candidate,
+                        type(e).__name__, reason)
+    raise ConfigError(f"--resume: no complete checkpoint in {root} can be read: {'; '.join(failures)}. "
+                      "Pass --overwrite to start over")
+
+
+def _order(path: str) -> tuple[int, int]:
+    m = _NAME.match(os.path.basename(path))
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else (-1, -1)
+
+
 def _comparable(cfg_dict: dict) -> dict:
     """The parts of a config that must match for a resume to make sense."""
     keep = {"data": ("path", "scheme", "labels", "max_sentences"),
@@ -130,6 +170,10 @@ def _comparable(cfg_dict: dict) -> dict:
     for section, fields in keep.items():
         values = cfg_dict.get(section, {})
         out[section] = {k: v for k, v in values.items() if fields is None or k in fields}
+    for section, key in (("data", "path"), ("model", "encoder"), ("model", "init_from")):
+        value = out[section].get(key)
+        if value and os.path.exists(value):  # the same file spelled differently (relative, absolute, a link)
+            out[section][key] = os.path.realpath(value)
     return out
 
 

@@ -13,8 +13,10 @@ import os
 import typing
 from dataclasses import dataclass, field
 
+from common.data import SCHEMES
 from common.io import TOMLDecodeError, parse_toml_value, read_toml
-from taggers.config import MODEL_TYPES, ModelConfig
+from common.options import DEVICE, check_dataclass, opt, type_error
+from taggers.config import ModelConfig
 from taggers.dropout import DROPOUT_KERNELS
 from taggers.precision import ATTENTIONS
 
@@ -23,33 +25,33 @@ from taggers.precision import ATTENTIONS
 class DataConfig:
     path: str = ""
     """CoNLL-style JSON or a folder of CoNLL column files (train/valid/test)."""
-    scheme: str = "auto"
+    scheme: str = opt("auto", choices=SCHEMES, ignore_case=True)
     """Tagging scheme of the input: auto, IOB1, IOB2 or BIOES (converted to IOB2)."""
-    labels: list[str] = field(default_factory=list)
+    labels: list[str] = opt(factory=list)
     """Fixed label list; empty = taken from the training fold."""
-    max_sentences: int = 0
+    max_sentences: int = opt(0, at_least=0)
     """Use only the first N sentences of each fold (0 = all); for smoke runs."""
-    alone_fraction: float = 0.0
+    alone_fraction: float = opt(0.0, at_least=0.0, at_most=1.0)
     """Share of training sentences given as windows of their own (no packing, no document context), drawn once
     by train.seed: teaches a model trained with document context to tag single sentences too (0 = none)."""
     teacher: str = ""
     """Distillation: a ``ner-tag --word-probs`` output folder (a teacher export's word probabilities on
     unlabelled text); its rows join the training fold and teach through the model's loss (empty = off)."""
-    teacher_max_rows: int = 0
+    teacher_max_rows: int = opt(0, at_least=0)
     """Use only the teacher output's first N rows (0 = all)."""
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-5
+    lr: float = opt(5e-5, above=0)
     """Learning rate of the pre-trained encoder / the BiLSTM's embedding."""
-    head_lr: float = 1e-3
+    head_lr: float = opt(1e-3, above=0)
     """Learning rate of everything else (head, CRF, casing, LSTM)."""
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
+    weight_decay: float = opt(0.01, at_least=0)
+    warmup_ratio: float = opt(0.1, at_least=0, at_most=1)
+    max_grad_norm: float = opt(1.0, at_least=0)
     """Clip the gradients' global norm to this (0 = no clipping)."""
-    grad_accum: int = 1
+    grad_accum: int = opt(1, at_least=1)
     """Micro-batches per optimizer step."""
     fused: bool = True
     """torch AdamW's fused kernel: one pass over all parameters (the BERT recipe's optimizer step on this
@@ -58,39 +60,39 @@ class OptimConfig:
 
 @dataclass
 class TrainLoopConfig:
-    output_dir: str = "runs/default"
-    epochs: int = 3
-    max_steps: int = 0
+    output_dir: str = opt("runs/default", nonempty=True)
+    epochs: int = opt(3, at_least=0)
+    max_steps: int = opt(0, at_least=0)
     """Stop after this many optimizer steps (0 = run all epochs); the schedule follows it."""
-    max_tokens: int = 4096
+    max_tokens: int = opt(4096, at_least=8)
     """Padded tokens per micro-batch per rank."""
-    eval_every: int = 0
+    eval_every: int = opt(0, at_least=0)
     """Evaluate every N optimizer steps (0 = at the end of every epoch)."""
-    eval_max_tokens: int = 16384
+    eval_max_tokens: int = opt(16384, at_least=8)
     eval_test: bool = False
     """Also score the test fold at every evaluation (logged as test_f1; never used to pick the model)."""
-    patience: int = 0
+    patience: int = opt(0, at_least=0)
     """Early stopping: evaluations without improvement before stopping (0 = off)."""
-    seed: int = 42
-    device: str = "auto"
+    seed: int = opt(42, at_least=0, at_most=2**32 - 1)
+    device: str = opt("auto", matches=DEVICE)
     """auto, cpu, cuda or cuda:N."""
-    precision: str = "auto"
+    precision: str = opt("auto", choices=("auto", "fp32", "bf16"))
     """fp32, bf16 or auto: bf16 autocast where the GPU or CPU computes bf16 natively (Ampere+,
     AVX512-BF16/AMX), else fp32."""
-    attention: str = "auto"
+    attention: str = opt("auto", choices=ATTENTIONS)
     """Attention of a Hugging Face encoder in training: eager, sdpa (PyTorch's fused kernels), or auto = eager,
     measured faster on NER windows (BERT recipe, bf16: 0.73x the training time on this CPU with fused AdamW,
     1.32x the tokens/s on an H200)."""
-    dropout_kernel: str = "auto"
+    dropout_kernel: str = opt("auto", choices=DROPOUT_KERNELS)
     """How dropout draws its masks in training: torch (one random number per element), fast (four masks per
     64-bit random draw, ``taggers.dropout``), or auto = fast on a CPU, torch on a GPU. Only the random masks
     differ; the model and its export do not."""
-    num_threads: int = 0
+    num_threads: int = opt(0, at_least=0)
     """torch intra-op threads per process (0 = torch's default / OMP_NUM_THREADS)."""
-    log_every: int = 20
-    checkpoint_every: int = 0
+    log_every: int = opt(20, at_least=1)
+    checkpoint_every: int = opt(0, at_least=0)
     """Also write a resume checkpoint every N steps (0 = only at evaluations and at the end)."""
-    engine: str = "ddp"
+    engine: str = opt("ddp", choices=("ddp", "deepspeed"))
     """ddp (torch AdamW; DDP when there are several processes, plain torch with one) or deepspeed."""
     deepspeed_config: str = ""
     progress: bool = True
@@ -99,13 +101,13 @@ class TrainLoopConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = ""
+    mode: str = opt("", choices=("", "online", "offline", "disabled", "dryrun"), ignore_case=True)
     """online, offline or disabled; empty = WANDB_MODE or disabled; online without an API key falls back to offline."""
     project: str = "ner-taggers"
     entity: str = ""
     name: str = ""
-    tags: list[str] = field(default_factory=list)
-    num_error_samples: int = 50
+    tags: list[str] = opt(factory=list)
+    num_error_samples: int = opt(50, at_least=0)
 
 
 @dataclass
@@ -122,26 +124,14 @@ class ConfigError(ValueError):
 
 
 def _coerce(value, typ, where: str):
-    origin = typing.get_origin(typ)
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if typ is str:
-        return str(value)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (inner,) = typing.get_args(typ)
-        return [_coerce(v, inner, where) for v in value]
+    """``value`` as the option's annotated type (an integer where a number is expected becomes a float)."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. train.output_dir=2024 read as TOML
+    wrong_type = type_error(value, typ)
+    if wrong_type:
+        raise ConfigError(f"{where} must be {wrong_type}, got {value!r}")
     return value
 
 
@@ -181,31 +171,19 @@ def load_config(path: str | None = None, overrides: typing.Sequence[str] = ()) -
 
 
 def validate(cfg: Config) -> None:
-    if cfg.model.type not in MODEL_TYPES:
-        raise ConfigError(f"model.type must be one of {', '.join(MODEL_TYPES)}, got {cfg.model.type!r}")
-    if cfg.train.engine not in ("ddp", "deepspeed"):
-        raise ConfigError(f"train.engine must be 'ddp' or 'deepspeed', got {cfg.train.engine!r}")
-    if cfg.train.precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {cfg.train.precision!r}")
-    if cfg.train.attention not in ATTENTIONS:
-        raise ConfigError(f"train.attention must be {', '.join(ATTENTIONS)}, got {cfg.train.attention!r}")
-    if cfg.train.dropout_kernel not in DROPOUT_KERNELS:
-        raise ConfigError(f"train.dropout_kernel must be {', '.join(DROPOUT_KERNELS)}, "
-                          f"got {cfg.train.dropout_kernel!r}")
-    if not 0 <= cfg.data.alone_fraction <= 1:
-        raise ConfigError(f"data.alone_fraction must be in [0, 1], got {cfg.data.alone_fraction}")
-    if cfg.optim.grad_accum < 1:
-        raise ConfigError("optim.grad_accum must be >= 1")
-    if cfg.train.max_tokens < 8:
-        raise ConfigError("train.max_tokens must be >= 8")
-    for name in ("context_pieces", "pack_pieces"):
-        if getattr(cfg.model, name) < 0:
-            raise ConfigError(f"model.{name} must be >= 0 (0 = off), got {getattr(cfg.model, name)}")
-    if cfg.model.freeze_layers < 0 or (cfg.model.freeze_layers and cfg.model.type != "bert"):
-        raise ConfigError(f"model.freeze_layers must be >= 0, and is for the BERT tagger only, got "
-                          f"{cfg.model.freeze_layers} with model.type {cfg.model.type!r}")
-    if 0 < cfg.model.pack_pieces < 8:
-        raise ConfigError(f"model.pack_pieces must be 0 (off) or at least 8, got {cfg.model.pack_pieces}")
+    """Every option against its type and the values declared beside it (``opt(...)``), then the rules that
+    join several options; the first problem is raised as one line naming the option, its value and what is
+    allowed."""
+    for f in dataclasses.fields(Config):
+        problems = check_dataclass(f.name, getattr(cfg, f.name))
+        if problems:
+            raise ConfigError(problems[0])
+    if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
+        raise ConfigError("train.epochs=0 and train.max_steps=0: nothing to train; set train.epochs >= 1 or "
+                          "train.max_steps >= 1")
+    if cfg.model.freeze_layers and cfg.model.type != "bert":
+        raise ConfigError(f"model.freeze_layers is for the BERT tagger only, got {cfg.model.freeze_layers} with "
+                          f"model.type {cfg.model.type!r}")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -15,28 +15,31 @@ import argparse
 import json
 import sys
 
+from common.cli import BAD_INPUT_EXIT, OS_ERROR_EXIT, Parser, at_least, declared, os_error_line, text
+from common.cli import device as device_name
 from common.data import DataError, assign_documents, load_folds, sentences_alone
 from common.labels import label_list
 from common.distributed import resolve_device
 from common.metrics import score_words, span_agreement
 from taggers.export import ExportError, check_labels, load_tagger
 from taggers.precision import PRECISIONS, cast_for_inference, resolve_precision
+from common.options import Allowed
 from taggers.predict import predict_windows
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="ner-evaluate", description=__doc__)
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--fold", default="test")
-    p.add_argument("--device", default="auto")
+    p = Parser(prog="ner-evaluate", description=__doc__)
+    p.add_argument("--model", required=True, type=text)
+    p.add_argument("--data", required=True, type=text)
+    p.add_argument("--fold", default="test", type=text)
+    p.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", type=_precisions,
                    help="auto, fp32, bf16 or fp16, or several separated by commas to compare them (default fp32)")
-    p.add_argument("--max-tokens", type=int, default=16384, help="padded word pieces per batch")
+    p.add_argument("--max-tokens", type=at_least(8), default=16384, help="padded word pieces per batch")
     p.add_argument("--decoding", choices=["export", "argmax", "constrained"], default="export")
     args = p.parse_args(argv)
-    device = resolve_device(args.device)
     try:
+        device = resolve_device(args.device)
         sentences = assign_documents(load_folds(args.data, folds=(args.fold,))[args.fold])  # as in training
         results, tags = {}, {}
         for requested in args.precision:
@@ -52,9 +55,14 @@ def main(argv=None) -> int:
             alone, _ = score(model, windower.windows(sentences_alone(sentences)), sentences, windower.labels,
                              device, precision, args.max_tokens, windower.pad_id)
             results[precision]["sentences_alone"] = {k: alone[k] for k in ("precision", "recall", "f1")}
-    except (DataError, ExportError) as e:
+    except (DataError, ExportError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "CUDA" not in str(e):
+            raise
         print(f"ner-evaluate: error: {e}", file=sys.stderr)
-        return 2
+        return BAD_INPUT_EXIT
+    except OSError as e:
+        print(f"ner-evaluate: error: {os_error_line(e)}", file=sys.stderr)
+        return OS_ERROR_EXIT
     if len(results) == 1:
         output = next(iter(results.values()))
     else:
@@ -85,6 +93,9 @@ def _precisions(value: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"expected {', '.join(PRECISIONS)} (or several, comma-separated), "
                                          f"got {value!r}")
     return list(dict.fromkeys(names))
+
+
+declared(_precisions, Allowed(choices=PRECISIONS), "fp64", "precisions")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from taggers.export import load_tagger, load_tokenizer, make_windower, save_expo
 from taggers.models import build_tagger
 from taggers.precision import attention_of, resolve_precision, training_attention, use_attention
 
-from .checkpoint import check_resume_config, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import check_resume_config, latest_checkpoint, load_with_fallback, save_checkpoint
 from .config import Config, ConfigError, resolve_encoder, to_dict
 from .engine import make_engine
 from .evaluate import score
@@ -167,7 +167,8 @@ class Trainer:
         self.state = TrainState(world_size=info.world_size)
         checkpoint = self._prepare_run_dir(resume, overwrite)
         if checkpoint is not None:
-            self.state = TrainState(**load_checkpoint(self.engine, checkpoint, info))
+            checkpoint, saved = load_with_fallback(self.engine, checkpoint, info)  # an unreadable one: older
+            self.state = TrainState(**saved)
             log.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, self.state.step,
                      self.state.epoch, self.state.batch_in_epoch)
         if info.is_main:  # the log continues from the checkpoint (rows after it are rewritten)
