@@ -42,6 +42,8 @@ def main(argv=None) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.insert(0, f"{key}={json.dumps(value)}")
+    from common.heartbeat import HUNG_EXIT_CODE, CollectiveTimeout
+
     from .trainer import PREEMPTED_EXIT_CODE, Preempted, run
 
     try:
@@ -49,6 +51,9 @@ def main(argv=None) -> int:
         run(cfg, resume=args.resume, overwrite=args.overwrite)
     except Preempted:
         return PREEMPTED_EXIT_CODE
+    except CollectiveTimeout as e:
+        print(f"ner-train: error: {e}", file=sys.stderr)
+        return HUNG_EXIT_CODE
     except (ConfigError, DataError, ExportError, RuntimeError) as e:
         if isinstance(e, RuntimeError) and "CUDA" not in str(e):
             raise

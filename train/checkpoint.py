@@ -12,6 +12,13 @@ A checkpoint is written into ``NAME.tmp`` and renamed when complete;
 checkpoint.  The folder that ``latest`` names is never deleted or replaced:
 saving the same step again writes a new name.  When ``latest`` is missing
 or names nothing, the newest complete checkpoint is used.
+
+Resharding: a DDP checkpoint holds the whole model and optimizer (rank 0
+writes them), so it resumes at another number of processes when an optimizer
+step still takes the same micro-batches over all ranks (processes x
+``optim.grad_accum``): the epoch's global batch list and the number of global
+batches consumed then map onto the new ranks exactly.  DeepSpeed checkpoints
+hold per-process optimizer partitions and resume at their own size only.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from .config import Config, ConfigError, from_dict, to_dict
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.pt"
 _NAME = re.compile(r"^step_(\d{8})(?:-(\d+))?$")
+_DEEPSPEED_DIR = "deepspeed"  # train.ds_engine.CHECKPOINT_TAG, not imported: that module is for DeepSpeed runs
+_TORCH_FILE = "engine.pt"
 
 
 def _rng_state() -> dict:
@@ -104,17 +113,66 @@ def save_checkpoint(engine, trainer_state: dict, run_dir: str, info, keep: int =
     return final
 
 
-def load_checkpoint(engine, path: str, info) -> dict:
-    """Restore ``engine`` and this rank's RNG from ``path``; returns the trainer state saved with it.
+def _engine_of(path: str) -> str | None:
+    """The engine that wrote the checkpoint at ``path``, from its files."""
+    if os.path.isdir(os.path.join(path, _DEEPSPEED_DIR)):
+        return "deepspeed"
+    if os.path.exists(os.path.join(path, _TORCH_FILE)):
+        return "ddp"
+    return None
 
-    Refused when the checkpoint was written by another number of processes: the position in the epoch
-    and the optimizer state (ZeRO partitions) are per process.
-    """
-    saved = torch.load(os.path.join(path, TRAINER_STATE), weights_only=False)
+
+def _read_state(path: str) -> dict:
+    return torch.load(os.path.join(path, TRAINER_STATE), weights_only=False)
+
+
+def _check_fits(saved: dict, path: str, engine: str, info, grad_accum: int) -> None:
+    """Refuse a checkpoint this run cannot continue exactly (another engine, or a step of other batches)."""
+    written_with = _engine_of(path)
+    if written_with and written_with != engine:
+        raise ConfigError(f"{path} was written by the {written_with} engine and this run uses {engine}: "
+                          f"resume with train.engine={written_with} (one engine cannot load the other's checkpoint)")
     written_by = saved.get("world_size", info.world_size)
-    if written_by != info.world_size:
+    saved_accum = saved.get("grad_accum") or 0  # 0: written before checkpoints recorded it
+    if written_by == info.world_size and saved_accum in (0, grad_accum):
+        return
+    if not saved_accum or engine == "deepspeed" and written_by != info.world_size:
+        why = ("its optimizer partitions are per process (DeepSpeed's universal checkpoint is not supported)"
+               if engine == "deepspeed" else "it does not record the optimizer step's micro-batches")
         raise ConfigError(f"{path} was written by {written_by} process(es) and this run has {info.world_size}: "
-                          f"resume with {written_by} processes (torchrun --nnodes/--nproc_per_node)")
+                          f"{why}; resume with {written_by} processes (torchrun --nnodes/--nproc_per_node)")
+    per_step = written_by * saved_accum
+    if per_step != info.world_size * grad_accum:
+        hint = (f"set optim.grad_accum={per_step // info.world_size} to resume with {info.world_size} process(es)"
+                if per_step % info.world_size == 0 else
+                f"{per_step} micro-batches do not split evenly over {info.world_size} processes: resume with a "
+                f"number of processes that divides {per_step}")
+        raise ConfigError(f"{path}: an optimizer step of this run takes {per_step} micro-batches ({written_by} "
+                          f"process(es) x optim.grad_accum {saved_accum}), here it would take "
+                          f"{info.world_size * grad_accum} ({info.world_size} x {grad_accum}): {hint}")
+
+
+def check_checkpoint(path: str, engine: str, info, grad_accum: int) -> None:
+    """Refuse ``path`` before the model and engine are built (see :func:`load_checkpoint`)."""
+    _check_fits(_read_state(path), path, engine, info, grad_accum)
+
+
+def load_checkpoint(engine, path: str, info, grad_accum: int = 1) -> dict:
+    """Restore ``engine`` and this rank's RNG from ``path``; returns the trainer state saved with it,
+    its position in the epoch mapped onto this run's processes.
+
+    Refused (before the engine is touched) when written by another engine, or when this run's optimizer step
+    takes other micro-batches (processes x ``grad_accum``), or by another number of DeepSpeed processes.
+    """
+    saved = _read_state(path)
+    _check_fits(saved, path, getattr(engine, "name", "ddp"), info, grad_accum)
+    written_by = saved.get("world_size", info.world_size)
+    consumed = saved.get("batch_in_epoch", 0) * written_by  # global batches of the epoch done
+    if consumed % info.world_size:  # checkpoints are written at optimizer steps, which end on a whole step
+        raise ConfigError(f"{path}: {consumed} batches of the epoch done do not split over {info.world_size} "
+                          "processes")
+    saved["batch_in_epoch"] = consumed // info.world_size
+    saved["world_size"], saved["grad_accum"] = info.world_size, grad_accum
     engine.load(path)
     rng = saved.pop("rng")
     _set_rng_state(rng[info.rank] if info.rank < len(rng) else rng[0])
@@ -122,14 +180,16 @@ def load_checkpoint(engine, path: str, info) -> dict:
 
 
 def _comparable(cfg_dict: dict) -> dict:
-    """The parts of a config that must match for a resume to make sense."""
+    """The parts of a config that must match for a resume to make sense (``optim.grad_accum`` is checked
+    against the checkpoint instead: it may change with the number of processes)."""
     keep = {"data": ("path", "scheme", "labels", "max_sentences"),
             "model": None, "optim": None,
             "train": ("epochs", "max_steps", "max_tokens", "seed", "engine")}
     out = {}
     for section, fields in keep.items():
         values = cfg_dict.get(section, {})
-        out[section] = {k: v for k, v in values.items() if fields is None or k in fields}
+        out[section] = {k: v for k, v in values.items()
+                        if (fields is None or k in fields) and (section, k) != ("optim", "grad_accum")}
     return out
 
 

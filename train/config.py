@@ -87,6 +87,10 @@ class TrainLoopConfig:
     log_every: int = 20
     checkpoint_every: int = 0
     """Also write a resume checkpoint every N steps (0 = only at evaluations and at the end)."""
+    checkpoint_minutes: float = 10.0
+    """Also write a resume checkpoint at the first logged step N minutes after the last one (0 = off)."""
+    pg_timeout_s: int = 300
+    """Process-group timeout: a collective that waits this long for a peer ends the job, naming the stuck rank."""
     engine: str = "ddp"
     """ddp (torch AdamW; DDP when there are several processes, plain torch with one) or deepspeed."""
     deepspeed_config: str = ""
@@ -189,6 +193,10 @@ def validate(cfg: Config) -> None:
     if cfg.train.dropout_kernel not in DROPOUT_KERNELS:
         raise ConfigError(f"train.dropout_kernel must be {', '.join(DROPOUT_KERNELS)}, "
                           f"got {cfg.train.dropout_kernel!r}")
+    if cfg.train.checkpoint_minutes < 0:
+        raise ConfigError(f"train.checkpoint_minutes must be >= 0 (0 = off), got {cfg.train.checkpoint_minutes}")
+    if cfg.train.pg_timeout_s < 1:
+        raise ConfigError(f"train.pg_timeout_s must be >= 1, got {cfg.train.pg_timeout_s}")
     if cfg.optim.grad_accum < 1:
         raise ConfigError("optim.grad_accum must be >= 1")
     if cfg.train.max_tokens < 8:
