@@ -150,7 +150,8 @@ class Heartbeat:
         parts = []
         for r in behind:
             count, step, _ = entries[r]
-            parts.append(f"rank {r} is behind: it started micro-batch {count} (step {step}), this rank {mine}")
+            parts.append(f"rank {r} is behind: it has started {count} micro-batch(es) (after optimizer step {step}), "
+                         f"this rank {mine}")
         for r in silent:
             ago = f"{now - entries[r][2]:.0f} s ago" if r in entries else "never"
             parts.append(f"rank {r} stopped reporting (last report {ago}: its process is frozen or gone)")
