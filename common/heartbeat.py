@@ -114,8 +114,9 @@ class Heartbeat:
 
     def _abort_as_named(self) -> None:
         line = self._store.get(_ABORT).decode()
-        if self._done.is_set():
+        if self._done.is_set():  # this rank wrote the line (it reports and exits itself), or is ending anyway
             return
+        self._done.set()
         log.error("rank %d ends: %s", self.rank, line)
         _exit(HUNG_EXIT_CODE)
 

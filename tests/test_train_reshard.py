@@ -249,3 +249,66 @@ def test_hung_rank_ends_the_job_within_the_timeout_and_is_named(tmp_path, tiny_b
     bound = ended - float(mark.read_text())
     print(f"the job ended {bound:.1f} s after rank 1 hung (train.pg_timeout_s={HANG_TIMEOUT_S})")
     assert bound < HANG_TIMEOUT_S + 25, output[-4000:]
+
+
+# ---------------------------------------------------------------- the heartbeat, on a store in memory
+class _Store:
+    """The three calls of torch's TCPStore the heartbeat uses."""
+
+    def __init__(self):
+        self.data = {}
+
+    def set(self, key, value):
+        self.data[key] = value.encode() if isinstance(value, str) else value
+
+    def get(self, key):
+        return self.data[key]
+
+    def check(self, keys):
+        return all(k in self.data for k in keys)
+
+
+def test_heartbeat_names_the_rank_behind_and_the_silent_one():
+    from common.heartbeat import Heartbeat
+
+    store = _Store()
+    beats = [Heartbeat(r, 3, timeout_s=60, store=store) for r in range(3)]
+    for beat, count in zip(beats, (5, 4, 5)):
+        for _ in range(count):
+            beat.beat(step=2)
+        beat._publish()
+    store.set("rank/2", "5 2 1000.0")  # last report long ago: the process froze
+    assert beats[1].diagnose(60, only_if_behind=True) is None  # nobody is behind rank 1: it waits for nobody
+    line = beats[0].diagnose(60)
+    assert "rank 1 is behind: it has started 4 micro-batch(es) (after optimizer step 2), this rank 5" in line
+    assert "rank 2 stopped reporting" in line and "rank 0 waited for 60 s" in line
+    assert store.get("abort").decode() == line  # the stuck ranks read it and exit
+
+
+def test_heartbeat_thread_ends_a_rank_that_waits_for_one_behind(monkeypatch):
+    import common.heartbeat as heartbeat
+
+    exits = []
+    monkeypatch.setattr(heartbeat, "_exit", exits.append)
+    store = _Store()
+    waiting, stuck = (heartbeat.Heartbeat(r, 2, timeout_s=0.2, store=store) for r in range(2))
+    waiting.interval_s = stuck.interval_s = 0.05
+    waiting.beat(step=0)
+    waiting.start()
+    stuck.start()
+    deadline = time.monotonic() + 30
+    while len(exits) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    waiting.stop()
+    stuck.stop()
+    assert exits == [heartbeat.HUNG_EXIT_CODE] * 2  # the waiting rank, then the stuck one reading its line
+    assert "rank 1 is behind" in store.get("abort").decode()
+
+
+def test_timeout_options_are_checked():
+    from train.config import load_config
+
+    with pytest.raises(ConfigError, match="train.pg_timeout_s must be >= 1"):
+        load_config(None, ["train.pg_timeout_s=0"])
+    with pytest.raises(ConfigError, match="train.checkpoint_minutes must be >= 0"):
+        load_config(None, ["train.checkpoint_minutes=-1"])

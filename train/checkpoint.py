@@ -88,11 +88,14 @@ def save_checkpoint(engine, trainer_state: dict, run_dir: str, info, keep: int =
     """All ranks: write a checkpoint of ``engine`` and ``trainer_state``, point ``latest`` at it, prune old ones."""
     root = RunFolder(run_dir).checkpoints_dir
     base = f"step_{trainer_state['step']:08d}"
-    taken = set(os.listdir(root)) if os.path.isdir(root) else set()
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}-{k}"
+    name = None
+    if info.is_main:  # rank 0 names it: ranks listing a slow shared file system could choose different names
+        taken = set(os.listdir(root)) if os.path.isdir(root) else set()
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}-{k}"
+    name = distributed.broadcast_object(name, info)
     final = os.path.join(root, name)
     tmp = final + ".tmp"
     if info.is_main:
