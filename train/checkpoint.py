@@ -129,6 +129,12 @@ def _read_state(path: str) -> dict:
     return torch.load(os.path.join(path, TRAINER_STATE), weights_only=False)
 
 
+def _config_accum(path: str) -> int:
+    """optim.grad_accum in the config.toml of the run folder holding checkpoint ``path`` (0 = none)."""
+    saved = RunFolder(os.path.dirname(os.path.dirname(os.path.abspath(path)))).read_config()
+    return int(saved.get("optim", {}).get("grad_accum", 0) or 0)
+
+
 def _check_fits(saved: dict, path: str, engine: str, info, grad_accum: int) -> None:
     """Refuse a checkpoint this run cannot continue exactly (another engine, or a step of other batches)."""
     written_with = _engine_of(path)
@@ -136,12 +142,12 @@ def _check_fits(saved: dict, path: str, engine: str, info, grad_accum: int) -> N
         raise ConfigError(f"{path} was written by the {written_with} engine and this run uses {engine}: "
                           f"resume with train.engine={written_with} (one engine cannot load the other's checkpoint)")
     written_by = saved.get("world_size", info.world_size)
-    saved_accum = saved.get("grad_accum") or 0  # 0: written before checkpoints recorded it
+    saved_accum = saved.get("grad_accum") or _config_accum(path)  # older checkpoints: the run's config.toml
     if written_by == info.world_size and saved_accum in (0, grad_accum):
         return
     if not saved_accum or engine == "deepspeed" and written_by != info.world_size:
         why = ("its optimizer partitions are per process (DeepSpeed's universal checkpoint is not supported)"
-               if engine == "deepspeed" else "it does not record the optimizer step's micro-batches")
+               if engine == "deepspeed" else "its optimizer step's micro-batches are not known")
         raise ConfigError(f"{path} was written by {written_by} process(es) and this run has {info.world_size}: "
                           f"{why}; resume with {written_by} processes (torchrun --nnodes/--nproc_per_node)")
     per_step = written_by * saved_accum
