@@ -125,6 +125,11 @@ def load_data(cfg: Config) -> Data:
     return Data(folds, labels, encoder_path, tokenizer, taught)
 
 
+def batch_seed(seed: int, epoch: int, global_batch: int) -> int:
+    """The random seed of one global batch of one epoch (dropout masks), the same on any number of processes."""
+    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + global_batch) % 2**63
+
+
 class Trainer:
     """Builds the model, engine and batches for ``cfg``, then ``train()`` runs the loop."""
 
@@ -283,6 +288,9 @@ class Trainer:
         t_start = time.perf_counter()
         if self.heartbeat is not None:
             self.heartbeat.beat(self.state.step)
+        # dropout masks drawn per global batch, not from each process's stream: the same at any world size
+        torch.manual_seed(batch_seed(self.cfg.train.seed, self.state.epoch,
+                                     (self.state.batch_in_epoch - 1) * self.info.world_size + self.info.rank))
         batch = collate_windows([self.windows["train"][i] for i in idx], self.windower.pad_id)
         batch = {k: v.to(self.info.device, non_blocking=True) for k, v in batch.items()}
         loss = self.engine.forward(batch)["loss"]
