@@ -7,8 +7,10 @@ every epoch from ``seed + epoch``.
 
 Under DDP every rank must run the same number of steps, or the collective
 all-reduce hangs.  The sampler builds the global list of batches once per
-epoch (identically on every rank), pads it to a multiple of the world size by
-repeating the first batches, and deals batch ``i`` to rank ``i % world_size``.
+epoch (identically on every rank), pads it to a multiple of the world size (or
+of ``pad_to``: the micro-batches of one optimizer step over all ranks, so that
+every step takes the same global batches at any world size) by repeating the
+first batches, and deals batch ``i`` to rank ``i % world_size``.
 Repeated batches only happen in training; evaluation uses
 :func:`shard_for_eval`, which never repeats a sentence.
 """
@@ -70,9 +72,11 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, lengths: Sequence[int], max_tokens: int, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0, max_sentences: int | None = None):
+                 num_replicas: int = 1, rank: int = 0, max_sentences: int | None = None, pad_to: int = 0):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} not in [0, {num_replicas})")
+        if pad_to % num_replicas:
+            raise ValueError(f"pad_to {pad_to} is not a multiple of num_replicas {num_replicas}")
         self.lengths = list(lengths)
         self.max_tokens = max_tokens
         self.shuffle = shuffle
@@ -80,6 +84,7 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
         self.num_replicas = num_replicas
         self.rank = rank
         self.max_sentences = max_sentences
+        self.pad_to = pad_to or num_replicas
         self.epoch = 0
         self._skip = 0
 
@@ -92,8 +97,8 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
     def global_batches(self) -> list[list[int]]:
         batches = token_budget_batches(self.lengths, self.max_tokens, self.shuffle, self.seed + self.epoch,
                                        self.max_sentences)
-        if len(batches) % self.num_replicas:
-            extra = self.num_replicas - len(batches) % self.num_replicas
+        if len(batches) % self.pad_to:
+            extra = self.pad_to - len(batches) % self.pad_to
             batches = batches + [batches[i % len(batches)] for i in range(extra)]
         return batches
 

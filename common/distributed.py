@@ -102,6 +102,15 @@ def all_reduce_sum(values, info: DistInfo) -> list[float]:
     return t.cpu().tolist()
 
 
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's ``obj``, on every rank (what the others pass is ignored)."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather_objects(obj, info: DistInfo) -> list:
     """Every rank's ``obj``, on every rank."""
     if not info.distributed:

@@ -129,7 +129,7 @@ def run_group(cmd, timeout: float, **kw) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_single_process_deepspeed_matches_ddp_engine(tmp_path, tiny_bert_dir, tiny_data_json):
-    """ZeRO-0, one process, gradient accumulation with a short last window: same losses as the DDP engine."""
+    """ZeRO-0, one process, gradient accumulation: same losses as the DDP engine."""
     extra = (*BILSTM, "train.epochs=1", "train.max_tokens=256", "optim.grad_accum=3", "optim.max_grad_norm=0.5")
     runs = {}
     for engine, flags in (("ddp", ()), ("deepspeed", ("--engine", "deepspeed", "--deepspeed-config",

@@ -253,6 +253,11 @@ if os.environ.get("NER_TEST_CRASH_RANK") and os.environ.get("RANK") == os.enviro
     def _crash():
         while not os.path.exists(os.environ["NER_TEST_CRASH_WHEN"]):
             time.sleep(0.05)
+        once = os.environ.get("NER_TEST_CRASH_ONCE")  # a marker file: crash only the first time
+        if once:
+            if os.path.exists(once):
+                return
+            open(once, "w").close()
         os._exit(9)
 
     threading.Thread(target=_crash, daemon=True).start()
@@ -261,13 +266,13 @@ if os.environ.get("NER_TEST_CRASH_RANK") and os.environ.get("RANK") == os.enviro
 
 def test_rank_that_dies_ends_the_job_failed_without_requeue(slurm_cluster, node, tmp_path, tiny_bert_dir,
                                                             tiny_data_json):
-    """What a user sees when a rank dies: the job ends FAILED at once (torchrun stops the other workers),
-    the log names the rank and its exit code, and the job is not requeued."""
+    """What a user sees when a rank dies and torchrun may not restart it: the job ends FAILED at once (torchrun
+    stops the other workers), the log names the rank and its exit code, and the job is not requeued."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(CRASH_RANK)
     run_name = "crash-run"
-    env = job_env(NER_TEST_CRASH_RANK="1", RUN_NAME=run_name,
+    env = job_env(NER_TEST_CRASH_RANK="1", RUN_NAME=run_name, NER_MAX_RESTARTS="0",
                   NER_TEST_CRASH_WHEN=str(tmp_path / "runs" / run_name / "checkpoints" / "latest"))
     env["PYTHONPATH"] = str(site) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     args = ["--gpus-per-node=0", *cpu_request(node, env), str(TRAIN_SBATCH),
@@ -281,6 +286,35 @@ def test_rank_that_dies_ends_the_job_failed_without_requeue(slurm_cluster, node,
     assert "ChildFailedError" in log and "exitcode  : 9" in log and "rank      : 1" in log, log[-6000:]
     steps = [r["step"] for r in read_jsonl(tmp_path / "runs" / run_name / "train_log.jsonl") if r["event"] == "step"]
     assert 0 < max(steps) < 400  # it had trained, and stopped long before the end
+
+
+def test_rank_that_dies_once_is_restarted_from_the_last_checkpoint(slurm_cluster, node, tmp_path, tiny_bert_dir,
+                                                                    tiny_data_json):
+    """torchrun restarts failed workers (--max_restarts 1 by default): a rank that dies after the first
+    checkpoint costs the steps since it, and the job completes like an uninterrupted run."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CRASH_RANK)
+    run_name = "restart-run"
+    env = job_env(NER_TEST_CRASH_RANK="1", RUN_NAME=run_name, NER_TEST_CRASH_ONCE=str(tmp_path / "crashed"),
+                  NER_TEST_CRASH_WHEN=str(tmp_path / "runs" / run_name / "checkpoints" / "latest"))
+    env["PYTHONPATH"] = str(site) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    max_steps = 40
+    args = ["--gpus-per-node=0", *cpu_request(node, env), str(TRAIN_SBATCH),
+            *tiny_args(tiny_data_json, tiny_bert_dir, *BILSTM, "train.epochs=1000", f"train.max_steps={max_steps}",
+                       "train.checkpoint_every=5", "train.log_every=1")]
+    job_id = slurm_cluster.sbatch(args, cwd=tmp_path, env=env)
+    (job,) = slurm_cluster.wait(job_id, timeout=JOB_TIMEOUT)
+    log = job_log(tmp_path / f"ner-train-{job_id}.out")
+    assert (tmp_path / "crashed").exists(), log[-6000:]
+    assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", log[-6000:]
+    assert int(job["Restarts"]) == 0 and "requeueing" not in log, log[-6000:]  # torchrun restarted, not SLURM
+    resumed = [ln for ln in log.splitlines() if "resumed from" in ln]
+    assert len(resumed) == 1 and 0 < int(resumed[0].rsplit(" at step ", 1)[1].split()[0]) < max_steps, log[-6000:]
+    run = tmp_path / "runs" / run_name
+    steps = [r["step"] for r in read_jsonl(run / "train_log.jsonl") if r["event"] == "step"]
+    assert steps == list(range(1, max_steps + 1)), steps  # the log was cut back to the checkpoint, no step twice
+    assert json.loads((run / "metrics.json").read_text())["steps"] == max_steps
 
 
 # ---------------------------------------------------------------- (c) tagging array

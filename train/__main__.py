@@ -43,6 +43,8 @@ def main(argv=None) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.insert(0, f"{key}={json.dumps(value)}")
+    from common.heartbeat import HUNG_EXIT_CODE, CollectiveTimeout
+
     from .trainer import PREEMPTED_EXIT_CODE, Preempted, run
 
     output_dir = None
@@ -59,6 +61,9 @@ def main(argv=None) -> int:
         print(f"ner-train: error: {os_error_line(e, output_dir)} (fix this, then re-run with --resume to continue)",
               file=sys.stderr)
         return OS_ERROR_EXIT
+    except CollectiveTimeout as e:
+        print(f"ner-train: error: {e}", file=sys.stderr)
+        return HUNG_EXIT_CODE
     except (ConfigError, DataError, ExportError, RuntimeError) as e:
         if isinstance(e, RuntimeError) and "CUDA" not in str(e):
             raise

@@ -12,6 +12,13 @@ A checkpoint is written into ``NAME.tmp`` and renamed when complete;
 checkpoint.  The folder that ``latest`` names is never deleted or replaced:
 saving the same step again writes a new name.  When ``latest`` is missing
 or names nothing, the newest complete checkpoint is used.
+
+Resharding: a DDP checkpoint holds the whole model and optimizer (rank 0
+writes them), so it resumes at another number of processes when an optimizer
+step still takes the same micro-batches over all ranks (processes x
+``optim.grad_accum``): the epoch's global batch list and the number of global
+batches consumed then map onto the new ranks exactly.  DeepSpeed checkpoints
+hold per-process optimizer partitions and resume at their own size only.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ log = logging.getLogger("train")
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.pt"
 _NAME = re.compile(r"^step_(\d{8})(?:-(\d+))?$")
+_DEEPSPEED_DIR = "deepspeed"  # train.ds_engine.CHECKPOINT_TAG, not imported: that module is for DeepSpeed runs
+_TORCH_FILE = "engine.pt"
 
 
 def _rng_state() -> dict:
@@ -82,11 +91,14 @@ def save_checkpoint(engine, trainer_state: dict, run_dir: str, info, keep: int =
     """All ranks: write a checkpoint of ``engine`` and ``trainer_state``, point ``latest`` at it, prune old ones."""
     root = RunFolder(run_dir).checkpoints_dir
     base = f"step_{trainer_state['step']:08d}"
-    taken = set(os.listdir(root)) if os.path.isdir(root) else set()
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}-{k}"
+    name = None
+    if info.is_main:  # rank 0 names it: ranks listing a slow shared file system could choose different names
+        taken = set(os.listdir(root)) if os.path.isdir(root) else set()
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}-{k}"
+    name = distributed.broadcast_object(name, info)
     final = os.path.join(root, name)
     tmp = final + ".tmp"
     if info.is_main:
@@ -117,24 +129,79 @@ def save_checkpoint(engine, trainer_state: dict, run_dir: str, info, keep: int =
     return final
 
 
-def load_checkpoint(engine, path: str, info) -> dict:
-    """Restore ``engine`` and this rank's RNG from ``path``; returns the trainer state saved with it.
+def _engine_of(path: str) -> str | None:
+    """The engine that wrote the checkpoint at ``path``, from its files."""
+    if os.path.isdir(os.path.join(path, _DEEPSPEED_DIR)):
+        return "deepspeed"
+    if os.path.exists(os.path.join(path, _TORCH_FILE)):
+        return "ddp"
+    return None
 
-    Refused when the checkpoint was written by another number of processes: the position in the epoch
-    and the optimizer state (ZeRO partitions) are per process.
-    """
-    saved = torch.load(os.path.join(path, TRAINER_STATE), weights_only=False)
+
+def _read_state(path: str) -> dict:
+    return torch.load(os.path.join(path, TRAINER_STATE), weights_only=False)
+
+
+def _config_accum(path: str) -> int:
+    """optim.grad_accum in the config.toml of the run folder holding checkpoint ``path`` (0 = none)."""
+    saved = RunFolder(os.path.dirname(os.path.dirname(os.path.abspath(path)))).read_config()
+    return int(saved.get("optim", {}).get("grad_accum", 0) or 0)
+
+
+def _check_fits(saved: dict, path: str, engine: str, info, grad_accum: int) -> None:
+    """Refuse a checkpoint this run cannot continue exactly (another engine, or a step of other batches)."""
+    written_with = _engine_of(path)
+    if written_with and written_with != engine:
+        raise ConfigError(f"{path} was written by the {written_with} engine and this run uses {engine}: "
+                          f"resume with train.engine={written_with} (one engine cannot load the other's checkpoint)")
     written_by = saved.get("world_size", info.world_size)
-    if written_by != info.world_size:
+    saved_accum = saved.get("grad_accum") or _config_accum(path)  # older checkpoints: the run's config.toml
+    if written_by == info.world_size and saved_accum in (0, grad_accum):
+        return
+    if not saved_accum or engine == "deepspeed" and written_by != info.world_size:
+        why = ("its optimizer partitions are per process (DeepSpeed's universal checkpoint is not supported)"
+               if engine == "deepspeed" else "its optimizer step's micro-batches are not known")
         raise ConfigError(f"{path} was written by {written_by} process(es) and this run has {info.world_size}: "
-                          f"resume with {written_by} processes (torchrun --nnodes/--nproc_per_node)")
+                          f"{why}; resume with {written_by} processes (torchrun --nnodes/--nproc_per_node)")
+    per_step = written_by * saved_accum
+    if per_step != info.world_size * grad_accum:
+        hint = (f"set optim.grad_accum={per_step // info.world_size} to resume with {info.world_size} process(es)"
+                if per_step % info.world_size == 0 else
+                f"{per_step} micro-batches do not split evenly over {info.world_size} processes: resume with a "
+                f"number of processes that divides {per_step}")
+        raise ConfigError(f"{path}: an optimizer step of this run takes {per_step} micro-batches ({written_by} "
+                          f"process(es) x optim.grad_accum {saved_accum}), here it would take "
+                          f"{info.world_size * grad_accum} ({info.world_size} x {grad_accum}): {hint}")
+
+
+def check_checkpoint(path: str, engine: str, info, grad_accum: int) -> None:
+    """Refuse ``path`` before the model and engine are built (see :func:`load_checkpoint`)."""
+    _check_fits(_read_state(path), path, engine, info, grad_accum)
+
+
+def load_checkpoint(engine, path: str, info, grad_accum: int = 1) -> dict:
+    """Restore ``engine`` and this rank's RNG from ``path``; returns the trainer state saved with it,
+    its position in the epoch mapped onto this run's processes.
+
+    Refused (before the engine is touched) when written by another engine, or when this run's optimizer step
+    takes other micro-batches (processes x ``grad_accum``), or by another number of DeepSpeed processes.
+    """
+    saved = _read_state(path)
+    _check_fits(saved, path, getattr(engine, "name", "ddp"), info, grad_accum)
+    written_by = saved.get("world_size", info.world_size)
+    consumed = saved.get("batch_in_epoch", 0) * written_by  # global batches of the epoch done
+    if consumed % info.world_size:  # checkpoints are written at optimizer steps, which end on a whole step
+        raise ConfigError(f"{path}: {consumed} batches of the epoch done do not split over {info.world_size} "
+                          "processes")
+    saved["batch_in_epoch"] = consumed // info.world_size
+    saved["world_size"], saved["grad_accum"] = info.world_size, grad_accum
     engine.load(path)
     rng = saved.pop("rng")
     _set_rng_state(rng[info.rank] if info.rank < len(rng) else rng[0])
     return saved
 
 
-def load_with_fallback(engine, path: str, info) -> tuple[str, dict]:
+def load_with_fallback(engine, path: str, info, grad_accum: int = 1) -> tuple[str, dict]:
     """:func:`load_checkpoint` of ``path``; when it cannot be read (truncated, corrupt), the next older
     complete checkpoint, each failure named in one log line.  Returns (the checkpoint used, its trainer
     state); ConfigError when none can be read."""
@@ -144,7 +211,7 @@ def load_with_fallback(engine, path: str, info) -> tuple[str, dict]:
     failures = []
     for candidate in candidates:
         try:
-            return candidate, load_checkpoint(engine, candidate, info)
+            return candidate, load_checkpoint(engine, candidate, info, grad_accum)
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001 - torch.load and DeepSpeed raise many kinds on a damaged file
@@ -162,14 +229,16 @@ def _order(path: str) -> tuple[int, int]:
 
 
 def _comparable(cfg_dict: dict) -> dict:
-    """The parts of a config that must match for a resume to make sense."""
+    """The parts of a config that must match for a resume to make sense (``optim.grad_accum`` is checked
+    against the checkpoint instead: it may change with the number of processes)."""
     keep = {"data": ("path", "scheme", "labels", "max_sentences"),
             "model": None, "optim": None,
             "train": ("epochs", "max_steps", "max_tokens", "seed", "engine")}
     out = {}
     for section, fields in keep.items():
         values = cfg_dict.get(section, {})
-        out[section] = {k: v for k, v in values.items() if fields is None or k in fields}
+        out[section] = {k: v for k, v in values.items()
+                        if (fields is None or k in fields) and (section, k) != ("optim", "grad_accum")}
     for section, key in (("data", "path"), ("model", "encoder"), ("model", "init_from")):
         value = out[section].get(key)
         if value and os.path.exists(value):  # the same file spelled differently (relative, absolute, a link)

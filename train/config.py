@@ -92,6 +92,10 @@ class TrainLoopConfig:
     log_every: int = opt(20, at_least=1)
     checkpoint_every: int = opt(0, at_least=0)
     """Also write a resume checkpoint every N steps (0 = only at evaluations and at the end)."""
+    checkpoint_minutes: float = opt(10.0, at_least=0)
+    """Also write a resume checkpoint at the first logged step N minutes after the last one (0 = off)."""
+    pg_timeout_s: int = opt(300, at_least=1)
+    """Process-group timeout: a collective that waits this long for a peer ends the job, naming the stuck rank."""
     engine: str = opt("ddp", choices=("ddp", "deepspeed"))
     """ddp (torch AdamW; DDP when there are several processes, plain torch with one) or deepspeed."""
     deepspeed_config: str = ""

@@ -24,6 +24,7 @@ import torch
 from common import distributed
 from common.batching import TokenBudgetBatchSampler, collate_windows
 from common.data import DataError, Sentence, assign_documents, load_folds, sentences_alone, some_alone
+from common.heartbeat import CollectiveTimeout, Heartbeat, is_timeout
 from common.labels import check_fold_labels, label_list
 from common.rundir import RunFolder
 from common.teacher import load_teacher
@@ -32,7 +33,7 @@ from taggers.export import load_tagger, load_tokenizer, make_windower, save_expo
 from taggers.models import build_tagger
 from taggers.precision import attention_of, resolve_precision, training_attention, use_attention
 
-from .checkpoint import check_resume_config, latest_checkpoint, load_with_fallback, save_checkpoint
+from .checkpoint import check_checkpoint, check_resume_config, latest_checkpoint, load_with_fallback, save_checkpoint
 from .config import Config, ConfigError, resolve_encoder, to_dict
 from .engine import make_engine
 from .evaluate import score
@@ -83,6 +84,8 @@ class TrainState:
     train_tokens: int = 0
     world_size: int = 1
     """Processes that wrote the state: the sampler's position and optimizer partitions depend on it."""
+    grad_accum: int = 0
+    """optim.grad_accum of the processes that wrote the state (0 = not recorded); resharding needs it."""
 
 
 @dataclass
@@ -122,8 +125,16 @@ def load_data(cfg: Config) -> Data:
     return Data(folds, labels, encoder_path, tokenizer, taught)
 
 
+def batch_seed(seed: int, epoch: int, global_batch: int) -> int:
+    """The random seed of one global batch of one epoch (dropout masks), the same on any number of processes."""
+    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + global_batch) % 2**63
+
+
 class Trainer:
     """Builds the model, engine and batches for ``cfg``, then ``train()`` runs the loop."""
+
+    heartbeat: Heartbeat | None = None
+    """Set by :func:`run` under torchrun: publishes the micro-batches started, names a stuck rank."""
 
     def __init__(self, cfg: Config, info: distributed.DistInfo, stop: StopFlag, resume: bool, overwrite: bool):
         self.cfg, self.info, self.stop = cfg, info, stop
@@ -133,6 +144,7 @@ class Trainer:
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)
+        checkpoint = self._choose_checkpoint(resume)
         self.data = load_data(cfg)
         self.model = self._build_model()
         use_attention(self.model, training_attention(cfg.train.attention))
@@ -151,7 +163,7 @@ class Trainer:
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.sampler = TokenBudgetBatchSampler([len(w) for w in self.windows["train"]], cfg.train.max_tokens,
                                                shuffle=True, seed=cfg.train.seed, num_replicas=info.world_size,
-                                               rank=info.rank)
+                                               rank=info.rank, pad_to=info.world_size * cfg.optim.grad_accum)
         steps_per_epoch = math.ceil(len(self.sampler) / cfg.optim.grad_accum)
         self.total_steps = cfg.train.epochs * steps_per_epoch
         if cfg.train.max_steps:
@@ -164,16 +176,18 @@ class Trainer:
                  "(%d per epoch)", cfg.model.type, self.num_parameters / 1e6, info.world_size, info.device,
                  self.engine.name, self.precision, f", {self.attention} attention" if self.attention else "",
                  self.dropout_kernel, self.total_steps, steps_per_epoch)
-        self.state = TrainState(world_size=info.world_size)
-        checkpoint = self._prepare_run_dir(resume, overwrite)
+        self.state = TrainState(world_size=info.world_size, grad_accum=cfg.optim.grad_accum)
+        self._prepare_run_dir(resume, overwrite)
         if checkpoint is not None:
-            checkpoint, saved = load_with_fallback(self.engine, checkpoint, info)  # an unreadable one: older
+            checkpoint, saved = load_with_fallback(self.engine, checkpoint, info,  # an unreadable one: older
+                                                   cfg.optim.grad_accum)
             self.state = TrainState(**saved)
             log.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, self.state.step,
                      self.state.epoch, self.state.batch_in_epoch)
         if info.is_main:  # the log continues from the checkpoint (rows after it are rewritten)
             self.run_dir.truncate_train_log(self.state.step if checkpoint is not None else None)
         self.last_eval_step = self.state.step if checkpoint is not None else -1
+        self.last_save_s = time.monotonic()
         self.early_stop = False
         self.window = LogWindow(start_s=self.state.train_time_s)
         self.tracker = (Tracker(cfg, info, self.num_parameters, resuming=checkpoint is not None)
@@ -189,16 +203,24 @@ class Trainer:
                               f"{windower.labels} than the data's {data.labels}")
         return model.train()
 
-    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> str | None:
-        """Refuse a folder that holds another run, unless resuming or overwriting; returns the checkpoint to load."""
+    def _choose_checkpoint(self, resume: bool) -> str | None:
+        """``--resume``: the checkpoint to load, chosen by rank 0 (on a slow shared file system ranks could list
+        different ones) and refused here, before the data, model and engine, when this run cannot continue it."""
         out = self.run_dir.root
-        checkpoint = None
-        if resume:
-            check_resume_config(self.cfg, out)
-            checkpoint = latest_checkpoint(out)
-            if checkpoint is None:
-                log.info("--resume: no checkpoint in %s yet, starting from scratch", out)
-        elif self.run_dir.holds_run() and not overwrite:
+        if not resume:
+            return None
+        check_resume_config(self.cfg, out)
+        checkpoint = distributed.broadcast_object(latest_checkpoint(out) if self.info.is_main else None, self.info)
+        if checkpoint is None:
+            log.info("--resume: no checkpoint in %s yet, starting from scratch", out)
+        else:
+            check_checkpoint(checkpoint, self.cfg.train.engine, self.info, self.cfg.optim.grad_accum)
+        return checkpoint
+
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
+        """Refuse a folder that holds another run, unless resuming or overwriting; rank 0 readies it."""
+        out = self.run_dir.root
+        if not resume and self.run_dir.holds_run() and not overwrite:
             raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or --overwrite to "
                               "delete it and start over")
         distributed.barrier()  # every rank has read the folder before rank 0 changes it
@@ -210,7 +232,6 @@ class Trainer:
             os.makedirs(out, exist_ok=True)
             self.run_dir.write_config(to_dict(self.cfg))
         distributed.barrier()
-        return checkpoint
 
     # ---------------------------------------------------------------- the loop
     def train(self) -> dict | None:
@@ -259,6 +280,8 @@ class Trainer:
                 self.save()
             elif cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
                 self.save()
+            elif self.checkpoint_due():
+                self.save()
             self.stop_if_signalled()
             if self.early_stop or state.step >= self.total_steps:
                 return False
@@ -267,6 +290,11 @@ class Trainer:
     def train_step(self, idx: list[int], last_micro_step: bool) -> bool:
         """Forward and backward one micro-batch; the optimizer steps on the last of a step's micro-batches."""
         t_start = time.perf_counter()
+        if self.heartbeat is not None:
+            self.heartbeat.beat(self.state.step)
+        # dropout masks drawn per global batch, not from each process's stream: the same at any world size
+        torch.manual_seed(batch_seed(self.cfg.train.seed, self.state.epoch,
+                                     (self.state.batch_in_epoch - 1) * self.info.world_size + self.info.rank))
         batch = collate_windows([self.windows["train"][i] for i in idx], self.windower.pad_id)
         batch = {k: v.to(self.info.device, non_blocking=True) for k, v in batch.items()}
         loss = self.engine.forward(batch)["loss"]
@@ -340,6 +368,16 @@ class Trainer:
 
     def save(self) -> None:
         save_checkpoint(self.engine, dataclasses.asdict(self.state), self.run_dir.root, self.info)
+        self.last_save_s = time.monotonic()
+
+    def checkpoint_due(self) -> bool:
+        """``train.checkpoint_minutes``: rank 0's clock decides, at logged steps only, so that the ranks agree
+        with one small collective per log interval rather than a host sync per step."""
+        minutes, every = self.cfg.train.checkpoint_minutes, self.cfg.train.log_every
+        if not minutes or self.state.step % every:
+            return False
+        due = self.info.is_main and time.monotonic() - self.last_save_s >= 60 * minutes
+        return distributed.all_reduce_sum([due], self.info)[0] > 0
 
     def stop_if_signalled(self) -> None:
         """On SIGUSR1/SIGTERM (any rank): checkpoint on every rank, then raise :class:`Preempted`."""
@@ -403,15 +441,27 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict | No
     On any error the process group is torn down without a collective, so a
     failing rank never waits for its peers (torchrun then stops the job).
     """
-    info = distributed.setup(cfg.train.device)
+    info = distributed.setup(cfg.train.device, timeout_s=cfg.train.pg_timeout_s)
     stop = StopFlag()
     completed = False
+    heartbeat = None
     try:
         distributed.setup_logging(info.rank, all_ranks=cfg.train.log_all_ranks)
+        heartbeat = Heartbeat.for_job(info.rank, info.world_size, cfg.train.pg_timeout_s)
         stop.install()
-        result = Trainer(cfg, info, stop, resume, overwrite).train()
+        trainer = Trainer(cfg, info, stop, resume, overwrite)
+        trainer.heartbeat = heartbeat
+        result = trainer.train()
         completed = True
         return result
+    except RuntimeError as e:
+        if info.distributed and is_timeout(e):  # a peer hung: name it rather than print gloo's/NCCL's message
+            raise CollectiveTimeout(heartbeat.diagnose(cfg.train.pg_timeout_s) if heartbeat else
+                                    f"a collective waited {cfg.train.pg_timeout_s} s (train.pg_timeout_s) for a "
+                                    "peer") from e
+        raise
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         stop.restore()
         distributed.teardown(completed)
