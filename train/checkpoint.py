@@ -175,8 +175,13 @@ def _check_fits(saved: dict, path: str, engine: str, info, grad_accum: int) -> N
 
 
 def check_checkpoint(path: str, engine: str, info, grad_accum: int) -> None:
-    """Refuse ``path`` before the model and engine are built (see :func:`load_checkpoint`)."""
-    _check_fits(_read_state(path), path, engine, info, grad_accum)
+    """Refuse ``path`` before the model and engine are built (see :func:`load_checkpoint`); one that cannot
+    be read is left to :func:`load_with_fallback`, which names it and takes an older one."""
+    try:
+        saved = _read_state(path)
+    except Exception:  # noqa: BLE001 - a damaged file: torch.load raises many kinds
+        return
+    _check_fits(saved, path, engine, info, grad_accum)
 
 
 def load_checkpoint(engine, path: str, info, grad_accum: int = 1) -> dict:
