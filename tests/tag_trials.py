@@ -6,8 +6,9 @@ tests/test_infer_stealing.py; also by hand::
     python tests/tag_trials.py slow --model EXPORT --work DIR
     python tests/tag_trials.py both ...     # the slow trial, then the kill trials
 
-``kill``: trial 0 runs both tasks to the end and times them; every further trial SIGKILLs one task (chosen at
-random) at a random moment within that time, lets the other finish, and counts the output's rows by id.
+``kill``: trial 0 runs both tasks to the end; every further trial SIGKILLs one task (chosen at random) once a
+random number of parts is finished, at a random moment of a batch, lets the other finish, and counts the
+output's rows by id.
 ``slow``: task 1 runs 5x slower than task 0 (it sleeps 4x the time of each of its batch cycles); both start
 together; the time until every part is done is compared with the ideal, N parts / (rate of task 0 * 1.2).
 Each prints one JSON line per trial and a final ``{"result": ...}`` line.
@@ -117,6 +118,7 @@ def kill_trials(args) -> dict:
     work = Path(args.work) / "kill"
     ids = write_corpus(work / "in", args.files, args.rows)
     rng = random.Random(args.seed)
+    n_parts = len(ids) // ROWS_PER_PART
     results = []
     duration = None
     for trial in range(args.trials + 1):
@@ -125,9 +127,12 @@ def kill_trials(args) -> dict:
         t0 = time.time()
         pids = [_start(args, k, out, args.sleep, work=work) for k in (0, 1)]
         victim, delay = None, None
-        if duration is not None:
-            victim, delay = rng.randrange(2), rng.uniform(0.05, 0.95) * duration
-            time.sleep(delay)
+        if duration is not None:  # after a random number of finished parts, at a random moment of the next
+            victim, after = rng.randrange(2), rng.randrange(n_parts - 1)
+            while len(list((out / "_manifest").glob("part-*.json"))) < after and time.time() - t0 < 60:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 2 * args.sleep))
+            delay = time.time() - t0
             os.kill(pids[victim], signal.SIGKILL)
         codes = [_wait(p) for p in pids]
         if duration is None:
