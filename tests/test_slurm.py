@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -448,6 +449,54 @@ def test_tag_task_is_not_requeued_without_progress_or_past_the_cap(slurm_cluster
         assert "not requeueing" in log and "no part was finished since the task started" in log, log[-4000:]
     else:
         assert "not requeueing" in log and "already requeued 0 times (NER_MAX_REQUEUES=0)" in log, log[-4000:]
+
+
+SLOW_TASK = """\
+# written by tests/test_slurm.py: array task NER_TEST_SLOW_TASK writes Parquet 10x slower than the others
+import os
+
+if os.environ.get("SLURM_ARRAY_TASK_ID") is not None and os.environ.get("NER_TEST_SLOW_TASK") is not None:
+    import time
+
+    import pyarrow.parquet as _pq
+
+    _write_table = _pq.ParquetWriter.write_table
+    _pause = 1.0 if os.environ["SLURM_ARRAY_TASK_ID"] == os.environ["NER_TEST_SLOW_TASK"] else 0.1
+
+    def _paced_write_table(self, *args, **kwargs):
+        time.sleep(_pause)
+        return _write_table(self, *args, **kwargs)
+
+    _pq.ParquetWriter.write_table = _paced_write_table
+"""
+
+
+def test_tag_array_with_a_step_and_a_slow_task_steals_and_covers_every_row_once(slurm_cluster, tiny_exports,
+                                                                               tmp_path):
+    """--array=0-2:2 (tasks 0 and 2: shards 0 and 1 of 2), task 2 slowed 10x: task 0 does its shard, then takes
+    the slow task's unclaimed parts; both end COMPLETED, and every row comes out exactly once."""
+    import pyarrow.parquet as pq
+
+    ids = write_parquet_inputs(tmp_path / "in", rows=(8, 8, 8), row_group_size=2)  # 12 parts of 2 rows
+    out = tmp_path / "tagged"
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_TASK)
+    env = job_env(NER_TEST_SLOW_TASK="2", PYTHON=os.environ.get("PYTHON", sys.executable))
+    env["PYTHONPATH"] = str(tmp_path / "slow") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    array_id = slurm_cluster.sbatch(tag_args(tiny_exports["bert"] / "export", tmp_path / "in", out, "0-2:2",
+                                             rows_per_part=2), cwd=tmp_path, env=env)
+    tasks = slurm_cluster.wait(array_id, timeout=JOB_TIMEOUT)
+    logs = {t: job_log(tmp_path / f"ner-tag-{array_id}_{t}.out") for t in (0, 2)}
+    assert sorted(int(t["ArrayTaskId"]) for t in tasks) == [0, 2], tasks
+    assert all(t["JobState"] == "COMPLETED" and t["ExitCode"] == "0:0" for t in tasks), logs
+    assert "shard 0/2" in logs[0] and "shard 1/2" in logs[2], logs
+
+    tagged = collections.Counter()
+    for part in sorted(out.glob("part-*.parquet")):
+        tagged.update(pq.read_table(part).column("id").to_pylist())
+    assert sorted(tagged) == sorted(ids) and set(tagged.values()) == {1}, tagged
+    by_pid = collections.Counter(json.loads(p.read_text())["pid"] for p in (out / "_manifest").glob("part-*.json"))
+    assert len(by_pid) == 2 and max(by_pid.values()) > 6, by_pid  # the fast task did more than its 6 parts
 
 
 # ---------------------------------------------------------------- script settings (no cluster needed)
