@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     if rank == 0:
         print(format_summary(summary))
     code, lines = exit_status(summary)
-    for line in lines:
+    for line in lines if rank == 0 or code == 5 else []:  # parts left are this rank's own; the rest rank 0's
         print(line, file=sys.stderr)
     return code
 

@@ -330,7 +330,7 @@ def replan(out_dir: str, run_info: dict) -> dict:
             except BlockingIOError:
                 f.close()
                 raise OutputError(f"{out_dir}: the input changed since this folder was planned, and part "
-                                  f"{name[5:11]} is being tagged by a live process "
+                                  f"{int(name[5:11])} is being tagged by a live process "
                                   f"({claim_holder(out_dir, int(name[5:11])) or 'unknown'}) with the old plan; "
                                   "wait for it to end (or stop it), then run again") from None
             held.append(f)

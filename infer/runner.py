@@ -195,18 +195,22 @@ def work_order(parts: list, num_shards: int, shard_index: int) -> list:
     return own + [p for p in reversed(parts) if p.index % num_shards != shard_index]
 
 
-def _claimed(out_dir: str, work: list, wait_s: float, stop: threading.Event, left: list):
+def _claimed(out_dir: str, work: list, wait_s: float, stop: threading.Event, left: list, skip_bad: bool = True):
     """Yields ``(part, claim)`` for each part of ``work`` this process gets to tag, in order: a part done (or
-    recorded bad) is passed over, one held by a live process is tried again once the rest is through, until
-    every part is finished or taken; the parts still held after ``wait_s`` seconds without one of them
-    finishing are appended to ``left``."""
+    recorded bad, with ``skip_bad``) is passed over, one held by a live process is tried again once the rest
+    is through, until every part is finished or taken; the parts still held after ``wait_s`` seconds without
+    one of them finishing are appended to ``left``."""
+    def finished(part) -> bool:
+        state = out_utils.part_state(out_dir, part.to_json())
+        return state == "done" or (state == "bad" and skip_bad)
+
     def take(part):
-        if out_utils.part_state(out_dir, part.to_json()):
+        if finished(part):
             return None, True
         claim = out_utils.claim_part(out_dir, part.index)
         if claim is None:
             return None, False
-        if out_utils.part_state(out_dir, part.to_json()):  # finished between the check and the claim
+        if finished(part):  # finished between the check and the claim
             claim.close()
             return None, True
         return claim, True
@@ -258,7 +262,7 @@ def _producer(tagger: TextTagger, work, sources, columns, opts, claims: dict, q:
 
     try:
         for part, claim in _claimed(opts.output, work, opts.wait_for_others_s, stop,
-                                    left if left is not None else []):
+                                    left if left is not None else [], skip_bad=opts.on_bad_file == "skip"):
             claims[part.index] = claim  # released by the main thread once the part is committed
             src = sources[part.source]
             try:

@@ -140,3 +140,31 @@ def test_other_input_options_are_still_refused(tiny_exports, tmp_path, capsys):
     capsys.readouterr()
     assert run_tag(tiny_exports["bert"] / "export", folder, out, "--rows-per-part", "4") == 2
     assert "other input options" in capsys.readouterr().err
+
+
+def test_input_changed_under_a_live_process_is_refused(tiny_exports, tmp_path, capsys):
+    """A re-plan (changed input) while a live process holds a part's claim could mix two plans: refused."""
+    import fcntl
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _write(folder / "a.parquet", 0)
+    _write(folder / "b.parquet", 100)
+    out = tmp_path / "out"
+    assert run_tag(tiny_exports["bert"] / "export", folder, out) == 0
+    before = _mtimes(out)
+    (folder / "a.parquet").unlink()
+    with open(out / "_claims" / "part-000002.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.truncate(0)
+        held.write("node3 777 0\n")
+        held.flush()
+        capsys.readouterr()
+        assert run_tag(tiny_exports["bert"] / "export", folder, out) == 2
+    err = capsys.readouterr().err
+    assert (f"ner-tag: error: {out}: the input changed since this folder was planned, and part 2 is being "
+            "tagged by a live process (node3 777) with the old plan") in err, err
+    assert _mtimes(out) == before
+    assert run_tag(tiny_exports["bert"] / "export", folder, out) == 0  # the holder is gone: re-planned
+    assert _summary(out)["this_run"]["rows"] == 0 and read_output(out).column("id").to_pylist() == list(
+        range(100, 116))
