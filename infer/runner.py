@@ -514,7 +514,7 @@ def _summary(opts, per_rank: list[dict], plan: list[dict], bad_files: list[dict]
     bad_parts = out_utils.read_bad_parts(opts.output, plan)
     totals = {"rows": 0, "words": 0, "entities": {}}
     for i in done:
-        e = manifest[i]
+        e = manifest.get(i, {})
         totals["rows"] += e.get("num_rows", 0)
         totals["words"] += e.get("words", 0)
         for k, v in e.get("entities", {}).items():

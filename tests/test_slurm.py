@@ -499,6 +499,29 @@ def test_tag_array_with_a_step_and_a_slow_task_steals_and_covers_every_row_once(
     assert len(by_pid) == 2 and max(by_pid.values()) > 6, by_pid  # the fast task did more than its 6 parts
 
 
+def test_tag_task_killed_outright_leaves_its_parts_to_the_other(slurm_cluster, tiny_exports, tmp_path):
+    """Array task 1 is SIGKILLed whole (``scancel --signal=KILL``: no stop, no requeue) once parts are being
+    written: task 0 takes over its parts (their claims died with it) and ends COMPLETED; every row once."""
+    import pyarrow.parquet as pq
+
+    ids = write_parquet_inputs(tmp_path / "in", rows=(8, 8, 8), row_group_size=2)  # 12 parts of 2 rows
+    out = tmp_path / "tagged"
+    env = slow_writes_env(tmp_path / "slow", 0.4, PYTHON=os.environ.get("PYTHON", sys.executable))
+    array_id = slurm_cluster.sbatch(tag_args(tiny_exports["bert"] / "export", tmp_path / "in", out, "0-1",
+                                             rows_per_part=2), cwd=tmp_path, env=env)
+    logs = lambda: {t: job_log(tmp_path / f"ner-tag-{array_id}_{t}.out")[-3000:] for t in (0, 1)}  # noqa: E731
+    wait_until(lambda: manifest_entries(out) >= 3, "three finished parts", slurm_cluster, array_id, logs)
+    subprocess.run(["scancel", "--signal=KILL", f"{array_id}_1"], check=True, env=slurm_cluster.env())
+    tasks = slurm_cluster.wait(array_id, timeout=JOB_TIMEOUT)
+    by_task = {int(t["ArrayTaskId"]): t for t in tasks}
+    assert by_task[0]["JobState"] == "COMPLETED" and by_task[0]["ExitCode"] == "0:0", (tasks, logs())
+    assert by_task[1]["JobState"] != "COMPLETED", (tasks, logs())
+    tagged = collections.Counter()
+    for part in sorted(out.glob("part-*.parquet")):
+        tagged.update(pq.read_table(part).column("id").to_pylist())
+    assert sorted(tagged) == sorted(ids) and set(tagged.values()) == {1}, tagged
+
+
 # ---------------------------------------------------------------- script settings (no cluster needed)
 def _sbatch_lead(script: Path) -> int:
     (line,) = [ln for ln in script.read_text().splitlines() if ln.startswith("#SBATCH --signal=")]
