@@ -140,7 +140,7 @@ def main(argv=None) -> int:
         summary = run(opts)
     except (InputError, OutputError, ExportError, ValueError) as e:
         print(f"ner-tag: error: {e}", file=sys.stderr)
-        return 2
+        return _status(2, rank)
     except RuntimeError as e:
         if "CUDA" not in str(e):
             raise
@@ -152,12 +152,25 @@ def main(argv=None) -> int:
                        "a smaller --batch-tokens (e.g. half, at least the model's window); finished parts are kept "
                        f"and the re-run resumes ({message.split('. ')[0]})")
         print(f"ner-tag: error: {message}", file=sys.stderr)
-        return 2
+        return _status(2, rank)
     if rank == 0:
         print(format_summary(summary))
     code, lines = exit_status(summary)
     for line in lines if rank == 0 or code == 5 else []:  # parts left are this rank's own; the rest rank 0's
         print(line, file=sys.stderr)
+    return _status(code, rank)
+
+
+def _status(code: int, rank: int) -> int:
+    """``code``, also written to ``NER_TAG_STATUS_FILE`` by rank 0 when set: torchrun turns any worker's
+    non-zero exit into its own 1, and slurm/tag.sbatch reads the real one (2, 4 or 5) from there."""
+    path = os.environ.get("NER_TAG_STATUS_FILE")
+    if path and rank == 0:
+        try:
+            with open(path, "w") as f:
+                f.write(f"{code}\n")
+        except OSError:
+            pass
     return code
 
 

@@ -15,7 +15,9 @@ workers still compute on CPU.
   ends the job FAILED, not requeued;
 * ``slurm/tag.sbatch`` as a 2-task array over 3 Parquet files: every input row comes out exactly
   once, and submitting again does no work; a task preempted mid-way requeues itself and the output
-  still holds every row once; a task is not requeued without progress, or past NER_MAX_REQUEUES;
+  still holds every row once; a task is not requeued without progress, or past NER_MAX_REQUEUES; an
+  array with a step (``--array=0-2:2``) and a slowed task, whose parts the other task takes over (work
+  stealing); a task killed outright, whose parts the other task finishes;
 * the scripts' stop budget (shutdown + node grace inside the signal lead) and rendezvous port range.
 
 A requeued job is released from SLURM's ~2 minute BeginTime hold early, but only 3 s after the requeue

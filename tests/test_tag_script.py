@@ -21,6 +21,8 @@ echo "$@" > "$FAKE_DIR/args"
 out=""; prev=""
 for a in "$@"; do [ "$prev" = "--output" ] && out="$a"; prev="$a"; done
 case "$FAKE_TAGGER" in
+    torchrun*)  # rank 0's status in NER_TAG_STATUS_FILE, torchrun's own exit code 1
+        echo "${{FAKE_TAGGER#torchrun}}" > "$NER_TAG_STATUS_FILE"; exit 1 ;;
     exit*) exit "${{FAKE_TAGGER#exit}}" ;;
     progress)   # finishes a part, then works until SIGTERM
         trap 'exit 143' TERM
@@ -80,6 +82,15 @@ def test_array_step_gives_the_shard_and_exit_codes_pass_through(fake, tmp_path, 
     # --array=1-7:2: task 3 is the second of 4 (shard 1)
     assert args[args.index("--num-shards") + 1] == "4" and args[args.index("--shard-index") + 1] == "1", args
     assert "shard 1/4" in log
+
+
+@pytest.mark.parametrize("code", [2, 4, 5])
+def test_the_taggers_exit_code_comes_through_torchrun(fake, tmp_path, code):
+    proc = _start(fake, tmp_path, FAKE_TAGGER=f"torchrun{code}", NPROC_PER_NODE="2")
+    log, _ = proc.communicate(timeout=60)
+    assert proc.returncode == code, log
+    assert "torch.distributed.run" in (tmp_path / "args").read_text()
+    assert f"torchrun exited with status 1; the tagger's own: {code}" in log, log
 
 
 def test_refused_requeue_ends_the_task_with_the_reason(fake, tmp_path):
