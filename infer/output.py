@@ -122,7 +122,7 @@ def folder_lock(out_dir: str):
 
 def _ours(name: str) -> bool:
     return (name in (RUN_FILE, MANIFEST_DIR, SUMMARY_FILE, LOCK_FILE, CLAIMS_DIR) or name.startswith("part-")
-            or name.startswith((".part-", ".replan-")) or name.startswith(RUN_FILE + ".tmp") or name.startswith(SUMMARY_FILE + ".tmp"))
+            or name.startswith((".part-", ".replan-", RUN_FILE + ".tmp", SUMMARY_FILE + ".tmp")))
 
 
 def clear_folder(out_dir: str) -> None:
@@ -410,7 +410,8 @@ class PartWriter:
         os.replace(self.tmp, self.final)
         stats = {k: v for k, v in stats.items() if k not in ("rows", "parts")}
         entry = {"part": self.part["index"], "output": part_name(self.part["index"]), "file": self.part["file"],
-                 "file_fp": self.part.get("file_fp"), "row_groups": self.part["row_groups"], "rows": self.part["rows"], "num_rows": self.rows,
+                 "file_fp": self.part.get("file_fp"), "row_groups": self.part["row_groups"], "rows": self.part["rows"],
+                 "num_rows": self.rows,
                  **stats, "seconds": round(time.time() - self.started, 3), "finished_at": time.time(),
                  "host": os.uname().nodename, "pid": os.getpid()}
         write_json(manifest_path(self.out_dir, self.part["index"]), entry)

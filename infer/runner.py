@@ -570,9 +570,10 @@ def exit_status(summary: dict) -> tuple[int, list[str]]:
         code = EXIT_INCOMPLETE
     if t.get("skipped_files"):
         first = t["skipped_files"][0]
+        where = os.path.join(summary["output"], out_utils.SUMMARY_FILE)
         lines.append(f"ner-tag: {len(t['skipped_files'])} input file(s) skipped ({t.get('parts_bad', 0)} part(s) "
-                     f"unreadable), listed with their errors in {os.path.join(summary['output'], out_utils.SUMMARY_FILE)}"
-                     f"; the first: {first['error']}; repair or remove them and run again to tag just those")
+                     f"unreadable), listed with their errors in {where}; the first: {first['error']}; repair or "
+                     "remove them and run again to tag just those")
         code = code or EXIT_BAD_FILES
     return code, lines
 

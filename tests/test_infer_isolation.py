@@ -168,3 +168,16 @@ def test_input_changed_under_a_live_process_is_refused(tiny_exports, tmp_path, c
     assert run_tag(tiny_exports["bert"] / "export", folder, out) == 0  # the holder is gone: re-planned
     assert _summary(out)["this_run"]["rows"] == 0 and read_output(out).column("id").to_pylist() == list(
         range(100, 116))
+
+
+def test_inputs_given_in_another_order_are_renumbered_not_retagged(tiny_exports, tmp_path):
+    export = tiny_exports["bert"] / "export"
+    a, b = _write(tmp_path / "a.parquet", 0), _write(tmp_path / "b.parquet", 100)
+    out = tmp_path / "out"
+    assert run_tag(export, [a, b], out) == 0
+    assert run_tag(export, [b, a], out) == 0  # a's parts 0-1 and b's 2-3 swap places
+    assert _summary(out)["this_run"]["rows"] == 0 and _summary(out)["total"]["complete"]
+    reference = tmp_path / "reference"
+    assert run_tag(export, [b, a], reference) == 0
+    assert read_output(out).equals(read_output(reference))
+    assert not list(out.glob(".replan-*"))
