@@ -8,6 +8,7 @@ Layout::
       _manifest/part-000000.json  one entry per finished part: source file (and its fingerprint), row
                                   groups, rows, words, entities per type, seconds
       _manifest/bad-000000.json   a part that could not be read (--on-bad-file skip): its file and the error
+      _manifest/skipped_files.json  the input files left out (--on-bad-file skip), each with its error
       _summary.json             totals (and this run's speed), rewritten at the end of every run
       .lock                     taken while a process checks or initialises _run.json
       _claims/part-000000.lock  held (flock) by the process tagging that part
@@ -263,6 +264,16 @@ def read_bad_parts(out_dir: str, plan: list[dict]) -> dict[int, dict]:
         if _same_part(p, entry):
             out[p["index"]] = entry
     return out
+
+
+def record_skipped_files(out_dir: str, files: list[dict]) -> None:
+    """The input files left out of the plan (``--on-bad-file skip``), each with its error; none: no file."""
+    path = os.path.join(out_dir, MANIFEST_DIR, "skipped_files.json")
+    if files:
+        write_json(path, files)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 def part_state(out_dir: str, part: dict) -> str | None:

@@ -6,8 +6,9 @@ One process (or each torchrun rank / SLURM array task) does:
 2. load the model (before the output folder is touched: a broken export must
    not leave a folder that then refuses the fixed one);
 3. check or initialise the output folder under a file lock (:mod:`infer.output`):
-   same model, precision and input -> resume, skipping finished parts;
-   otherwise refuse (or clear with ``--overwrite``);
+   same model, precision and input options -> resume, skipping finished parts
+   (of input files that changed or left since, the parts are dropped:
+   :func:`infer.output.replan`); otherwise refuse (or clear with ``--overwrite``);
 4. tag the unfinished parts: its own shard's first (part ``i`` belongs to shard
    ``i % num_shards``: ``--num-shards/--shard-index`` or the SLURM array; not
    the torchrun world size), then those of the other shards, from their end
@@ -364,6 +365,8 @@ def _run(opts: TagOptions, info, t0: float) -> dict:
     }
     tagger = _same_on_every_rank(lambda: _load_tagger(opts, info.device, precision), info)
     _same_on_every_rank(lambda: out_utils.open_folder(opts.output, run_info, opts.overwrite), info)
+    if info.is_main:  # (without skip, a bad file stopped the run above: none is left out)
+        out_utils.record_skipped_files(opts.output, bad_files or [])
 
     done = out_utils.done_parts(opts.output, plan)
     work = [p for p in work_order(parts, num_shards, shard_index) if p.index not in done]

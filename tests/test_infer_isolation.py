@@ -76,6 +76,8 @@ def test_bad_files_are_skipped_listed_and_repaired_alone(tiny_exports, corpus, t
     assert "no text column 'text'" in skipped["c.parquet"]["error"]
     assert "not a readable Parquet file" in skipped["d.parquet"]["error"]
     assert "cannot decode the rows of part 3" in skipped["b.parquet"]["error"] and skipped["b.parquet"]["parts"] == [3]
+    listed = json.loads((out / "_manifest" / "skipped_files.json").read_text())
+    assert [Path(f["path"]).name for f in listed] == ["c.parquet", "d.parquet"] and all(f["error"] for f in listed)
     bad = json.loads((out / "_manifest" / "bad-000003.json").read_text())
     assert bad["file"].endswith("b.parquet") and bad["rows"] == [8, 16] and "cannot decode" in bad["error"]
     assert not total["complete"] and total["parts_bad"] == 1 and total["parts_left"] == []
@@ -97,6 +99,7 @@ def test_bad_files_are_skipped_listed_and_repaired_alone(tiny_exports, corpus, t
     summary = _summary(out)
     assert summary["this_run"]["rows"] == ROWS + 4 + 4 and summary["total"]["complete"]
     assert summary["total"]["skipped_files"] == [] and not list((out / "_manifest").glob("bad-*.json"))
+    assert not (out / "_manifest" / "skipped_files.json").exists()
     reference = tmp_path / "reference"
     assert run_tag(export, corpus, reference) == 0
     assert read_output(out).equals(read_output(reference))
