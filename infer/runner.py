@@ -60,6 +60,7 @@ from common.io import write_json
 from common.teacher import TEACHER_LABELS_KEY
 
 from . import output as out_utils
+from . import shares
 from .sources import InputError, discover, plan_parts, read_buffers
 from taggers.export import ExportError, load_tagger, read_export_config
 from taggers.precision import resolve_precision
@@ -76,7 +77,6 @@ only collectives are at the start (loading the model, opening the folder); the e
 WAIT_FOR_OTHERS_S = 15 * 60
 """``--wait-for-others``'s default: how long a process with nothing left to take waits for parts held by
 live others to finish (counted from the last one that did) before it exits with code 5."""
-POLL_S = 0.5
 EXIT_BAD_FILES = 4
 EXIT_INCOMPLETE = 5
 
@@ -189,65 +189,6 @@ class _Stats:
                 "parts_bad": self.bad, "left": self.left}
 
 
-def work_order(parts: list, num_shards: int, shard_index: int) -> list:
-    """This shard's parts in order, then the other shards' from the end (their owners start at the front,
-    so a thief meets them last) -- every part of the job, in the order this process tries them."""
-    own = [p for p in parts if p.index % num_shards == shard_index]
-    return own + [p for p in reversed(parts) if p.index % num_shards != shard_index]
-
-
-def _claimed(out_dir: str, work: list, wait_s: float, stop: threading.Event, left: list, skip_bad: bool = True):
-    """Yields ``(part, claim)`` for each part of ``work`` this process gets to tag, in order: a part done (or
-    recorded bad, with ``skip_bad``) is passed over, one held by a live process is tried again once the rest
-    is through, until every part is finished or taken; the parts still held after ``wait_s`` seconds without
-    one of them finishing are appended to ``left``."""
-    def finished(part) -> bool:
-        state = out_utils.part_state(out_dir, part.to_json())
-        return state == "done" or (state == "bad" and skip_bad)
-
-    def take(part):
-        if finished(part):
-            return None, True
-        claim = out_utils.claim_part(out_dir, part.index)
-        if claim is None:
-            return None, False
-        if finished(part):  # finished between the check and the claim
-            claim.close()
-            return None, True
-        return claim, True
-
-    pending = []
-    for part in work:
-        if stop.is_set():
-            return
-        claim, settled = take(part)
-        if claim is not None:
-            yield part, claim
-        elif not settled:
-            pending.append(part)
-    if pending:
-        log.info("%d part(s) are being tagged by other processes: waiting for them (a part whose holder "
-                 "dies is taken over)", len(pending))
-    last_progress = time.time()
-    while pending and not stop.is_set():
-        still = []
-        for part in pending:
-            claim, settled = take(part)
-            if claim is not None:
-                yield part, claim
-            if not settled:
-                still.append(part)
-        if len(still) < len(pending):
-            last_progress = time.time()
-        pending = still
-        if pending and time.time() - last_progress > wait_s:
-            left.extend({"part": p.index, "file": p.file, "holder": out_utils.claim_holder(out_dir, p.index)}
-                        for p in pending)
-            return
-        if pending:
-            stop.wait(POLL_S)
-
-
 def _producer(tagger: TextTagger, work, sources, columns, opts, claims: dict, q: queue.Queue,
               stop: threading.Event, workers: "HostWorkers | None" = None, left: list | None = None):
     """Claims and reads the parts; prepares each buffer itself, or hands it to a host worker and passes on the
@@ -262,7 +203,7 @@ def _producer(tagger: TextTagger, work, sources, columns, opts, claims: dict, q:
         return False
 
     try:
-        for part, claim in _claimed(opts.output, work, opts.wait_for_others_s, stop,
+        for part, claim in shares.claimed_parts(opts.output, work, opts.wait_for_others_s, stop,
                                     left if left is not None else [], skip_bad=opts.on_bad_file == "skip"):
             claims[part.index] = claim  # released by the main thread once the part is committed
             src = sources[part.source]
@@ -298,7 +239,7 @@ def run(opts: TagOptions) -> dict:
     try:
         return _run(opts, info, t0)
     finally:
-        if world > 1:  # never a barrier here: ranks end at different times (the summary is polled, see _gather)
+        if world > 1:  # never a barrier: ranks end at different times (the summary is polled: gather_on_rank0)
             distributed.teardown(completed=False)
 
 
@@ -369,7 +310,7 @@ def _run(opts: TagOptions, info, t0: float) -> dict:
         out_utils.record_skipped_files(opts.output, bad_files or [])
 
     done = out_utils.done_parts(opts.output, plan)
-    work = [p for p in work_order(parts, num_shards, shard_index) if p.index not in done]
+    work = [p for p in shares.work_order(parts, num_shards, shard_index) if p.index not in done]
     own = sum(p.index % num_shards == shard_index for p in work)
     log.info("%d parts planned, %d already done; %d to do (%d of shard %d/%d first, then the others' not taken "
              "by their own tasks), shared by %d process(es)", len(parts), len(done), len(work), own, shard_index,
@@ -385,37 +326,12 @@ def _run(opts: TagOptions, info, t0: float) -> dict:
             "words_per_s": round(stats.words / max(t_end - t_tag, 1e-9), 1),
             "rank": info.rank, "shard": shard_index, "device": str(info.device), "precision": precision,
             "threads": threads, "host_workers": host_workers(opts)}
-    per_rank = _gather(this, info)
+    per_rank = shares.gather_on_rank0(this, info)
     summary = _summary(opts, per_rank or [this], plan, bad_files or [], t0, info, num_shards, shard_index)
     summary["this_process"] = {"left": stats.left, "rank": info.rank}
     if per_rank is not None:  # rank 0 (or the only process): it has every rank's figures
         write_json(os.path.join(opts.output, out_utils.SUMMARY_FILE), summary)
     return summary
-
-
-def _gather(this: dict, info) -> list[dict] | None:
-    """Every rank's figures, on rank 0 (None on the others).  Posted to the process group's store and polled
-    by rank 0: not a collective, so a rank that ends long before another meets no timeout (a rank that dies
-    instead brings the job down through torchrun, which ends the wait)."""
-    if not info.distributed:
-        return [this]
-    import torch.distributed as dist
-
-    store = dist.distributed_c10d._get_default_store()
-    prefix = (f"ner-tag/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/"
-              f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/rank")
-    store.set(f"{prefix}{info.rank}", json.dumps(this))
-    if not info.is_main:
-        return None
-    keys = [f"{prefix}{r}" for r in range(info.world_size)]
-    t_log = time.time()
-    while not store.check(keys):
-        if time.time() - t_log > 60:
-            t_log = time.time()
-            missing = [r for r, k in enumerate(keys) if not store.check([k])]
-            log.info("waiting for rank(s) %s to finish, for the summary", missing)
-        time.sleep(POLL_S)
-    return [json.loads(store.get(k)) for k in keys]
 
 
 def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, show: bool, total_rows: int,

@@ -338,7 +338,7 @@ def test_shard_from_env_honours_the_array_step(monkeypatch, env, expected):
 
 
 def test_work_order_own_shard_first_then_the_others_from_the_end():
-    from infer.runner import work_order
+    from infer.shares import work_order
     from infer.sources import Part
 
     parts = [Part(i, "f", (i, i + 1), (i, i + 1)) for i in range(7)]

@@ -57,13 +57,13 @@ def test_killed_task_parts_are_finished_by_the_other(trials):
 # ner-tag under torchrun, rank 1 holding back its figures for the summary for NER_LATE_RANK_S seconds
 _LATE_RANK = """
 import os, sys, time
-from infer import runner
-gather = runner._gather
+from infer import shares
+gather = shares.gather_on_rank0
 def late_gather(this, info):
     if info.rank == 1:
         time.sleep(float(os.environ["NER_LATE_RANK_S"]))
     return gather(this, info)
-runner._gather = late_gather
+shares.gather_on_rank0 = late_gather
 from infer.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """
