@@ -3,7 +3,7 @@
     ner-tag --model runs/bert/export --input corpus/*.parquet --output tagged/ \\
         [--text-column text] [--id-column id] [--keep-columns a,b] [--batch-tokens N] \\
         [--device auto|cpu|cuda] [--precision auto|fp32|bf16|fp16] [--overwrite] \\
-        [--num-shards N --shard-index I] [--rows-per-part N]
+        [--num-shards N --shard-index I] [--rows-per-part N] [--on-bad-file fail|skip]
 
 Output: OUT/part-NNNNNN.parquet, one row per input row in input order, with the
 carried columns (default: every input column except the text; with --id-column
@@ -11,6 +11,10 @@ and/or --keep-columns: exactly those) and ``entities: list<struct<start, end,
 label, text, score>>`` (character offsets into the original text, end
 exclusive; ``text == original[start:end]``).  Re-running the same command
 resumes; see infer/runner.py for sharding (torchrun ranks, SLURM arrays).
+
+Exit codes: 0 done; 2 bad input or options (one line); 4 some input files were skipped
+(--on-bad-file skip; listed in OUT/_summary.json); 5 parts are left that other live processes
+hold (see --wait-for-others); see docs/failures.md.
 """
 
 from __future__ import annotations
@@ -89,6 +93,17 @@ def parse_args(argv=None):
     p.add_argument("--word-probs", action="store_true",
                    help="also write each row's words and every word's probabilities over the labels (columns "
                         "words, word_probs): a teacher's output for distillation (training's data.teacher)")
+    p.add_argument("--on-bad-file", choices=["fail", "skip"], default="fail",
+                   help="an input file that cannot be read or whose columns do not fit: 'fail' (default) stops "
+                        "with exit code 2; 'skip' tags every other file, lists it in OUT/_summary.json and the "
+                        "manifest with its error and exits with code 6 (repair it and run again: only it is tagged)")
+    p.add_argument("--wait-for-others", type=_at_least(0), default=None, metavar="SECONDS",
+                   help="when only parts held by other live processes are left, wait this long for one of them "
+                        "to finish (a part whose holder dies is taken over) before giving up with exit code 5 "
+                        "(default 900)")
+    p.add_argument("--pg-timeout", type=_at_least(1), default=None, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others in a collective (at the start: "
+                        "loading the model, opening the folder) before the job fails (default 300)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p.parse_args(argv)
@@ -104,7 +119,7 @@ def main(argv=None) -> int:
     from taggers.models import quiet_transformers
 
     from .output import OutputError
-    from .runner import TagOptions, format_summary, run
+    from .runner import PROCESS_GROUP_TIMEOUT_S, WAIT_FOR_OTHERS_S, TagOptions, exit_status, format_summary, run
     from .sources import InputError
 
     quiet_transformers()
@@ -115,15 +130,17 @@ def main(argv=None) -> int:
         shard_index=args.shard_index, rows_per_part=args.rows_per_part, buffer_rows=args.buffer_rows,
         buffer_chars=args.buffer_chars, chunking=args.chunking, chunk_pieces=args.chunk_pieces,
         threads=args.threads, host_workers=args.host_workers, word_probs=args.word_probs,
-        progress=not args.no_progress)
+        progress=not args.no_progress, on_bad_file=args.on_bad_file,
+        pg_timeout_s=args.pg_timeout or PROCESS_GROUP_TIMEOUT_S,
+        wait_for_others_s=WAIT_FOR_OTHERS_S if args.wait_for_others is None else args.wait_for_others)
     try:
         summary = run(opts)
     except (InputError, OutputError, ExportError, ValueError) as e:
         print(f"ner-tag: error: {e}", file=sys.stderr)
-        return 2
+        return _status(2, rank)
     except OSError as e:  # no space, file too large, permission, not a directory: finished parts are kept
         print(f"ner-tag: error: {os_error_line(e, args.output)}", file=sys.stderr)
-        return OS_ERROR_EXIT
+        return _status(OS_ERROR_EXIT, rank)
     except RuntimeError as e:
         if "CUDA" not in str(e):
             raise
@@ -135,10 +152,26 @@ def main(argv=None) -> int:
                        "a smaller --batch-tokens (e.g. half, at least the model's window); finished parts are kept "
                        f"and the re-run resumes ({message.split('. ')[0]})")
         print(f"ner-tag: error: {message}", file=sys.stderr)
-        return 2
+        return _status(2, rank)
     if rank == 0:
         print(format_summary(summary))
-    return 0
+    code, lines = exit_status(summary)
+    for line in lines if rank == 0 or code == 5 else []:  # parts left are this rank's own; the rest rank 0's
+        print(line, file=sys.stderr)
+    return _status(code, rank)
+
+
+def _status(code: int, rank: int) -> int:
+    """``code``, also written to ``NER_TAG_STATUS_FILE`` by rank 0 when set: torchrun turns any worker's
+    non-zero exit into its own 1, and slurm/tag.sbatch reads the real one (2, 4 or 5) from there."""
+    path = os.environ.get("NER_TAG_STATUS_FILE")
+    if path and rank == 0:
+        try:
+            with open(path, "w") as f:
+                f.write(f"{code}\n")
+        except OSError:
+            pass
+    return code
 
 
 if __name__ == "__main__":

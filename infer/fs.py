@@ -104,6 +104,15 @@ def getsize(path: str) -> int:
     return _info(path).size if is_uri(path) else os.path.getsize(path)
 
 
+def stat_key(path: str) -> tuple[int, int]:
+    """(size, modification time in ns) of a file or object: what changes when it is rewritten."""
+    if not is_uri(path):
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    info = _info(path)
+    return info.size, info.mtime_ns or 0
+
+
 def listdir(path: str) -> list[str]:
     if not is_uri(path):
         return os.listdir(path)

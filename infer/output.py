@@ -5,8 +5,10 @@ Layout (its names and column types are defined in :mod:`common.tagdir`)::
     OUT/
       _run.json                 who made this folder: model and input fingerprints, options, the part plan
       part-000000.parquet ...   one file per part (named by the part's global number)
-      _manifest/part-000000.json  one entry per finished part: source file, row groups, rows, words,
-                                  entities per type, seconds
+      _manifest/part-000000.json  one entry per finished part: source file (and its fingerprint), row
+                                  groups, rows, words, entities per type, seconds
+      _manifest/bad-000000.json   a part that could not be read (--on-bad-file skip): its file and the error
+      _manifest/skipped_files.json  the input files left out (--on-bad-file skip), each with its error
       _summary.json             totals (and this run's speed), rewritten at the end of every run
       .lock                     taken while a process checks or initialises _run.json
       _claims/part-000000.lock  held (flock) by the process tagging that part
@@ -26,6 +28,10 @@ when the process dies, so a killed holder's part is claimed again next run).
 ``OUT`` may be an object-store URI (``s3://bucket/tagged/``): the same files go through :mod:`infer.fs`
 (parts streamed to a temporary key and moved when complete), and the lock and claims live in a local
 folder, so they hold among the processes of one machine only.
+
+The input may change between runs: parts of files that are unchanged (same fingerprint) stay done; when the
+plan differs from the folder's, :func:`replan` deletes the parts of files that changed or left the input and
+renumbers the kept ones to their place in the new plan, so the folder still reads in input order.
 """
 
 from __future__ import annotations
@@ -70,7 +76,15 @@ def model_fingerprint(export_dir: str) -> str:
 
 
 def input_fingerprint(files: list[dict], options: dict) -> str:
+    """The whole input: files (path, size, rows) and options; equal for outputs of the same input."""
+    files = [{k: f[k] for k in ("path", "size", "rows")} for f in files]
     return hashlib.sha256(json.dumps({"files": files, "options": options}, sort_keys=True).encode()).hexdigest()
+
+
+def options_fingerprint(options: dict) -> str:
+    """What every part of a folder must share (text column, carried columns and their schema, rows per part,
+    chunking): parts of other files can be added to a folder, parts of other options cannot."""
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
 
 
 def open_folder(out_dir: str, run_info: dict, overwrite: bool) -> dict:
@@ -107,7 +121,7 @@ def folder_lock(out_dir: str):
 
 def _ours(name: str) -> bool:
     return (name in (RUN_FILE, MANIFEST_DIR, SUMMARY_FILE, LOCK_FILE, CLAIMS_DIR) or name.startswith("part-")
-            or name.startswith(".part-") or name.startswith(RUN_FILE + ".tmp") or name.startswith(SUMMARY_FILE + ".tmp"))
+            or name.startswith((".part-", ".replan-", RUN_FILE + ".tmp", SUMMARY_FILE + ".tmp")))
 
 
 def clear_folder(out_dir: str) -> None:
@@ -141,11 +155,24 @@ def init_folder(out_dir: str, run_info: dict, overwrite: bool) -> dict:
         old_precision = old.get("model", {}).get("precision", run_info["model"]["precision"])
         if old_precision != run_info["model"]["precision"]:
             diffs.append(f"another precision ({old_precision}, this run: {run_info['model']['precision']})")
-        if old.get("input", {}).get("fingerprint") != run_info["input"]["fingerprint"]:
+        if "options_fingerprint" in old.get("input", {}):  # files may differ: only the changed ones are re-tagged
+            if old["input"]["options_fingerprint"] != run_info["input"]["options_fingerprint"]:
+                diffs.append("other input options (text column, carried columns or their types, rows per "
+                             "part, chunking)")
+        elif old.get("input", {}).get("fingerprint") != run_info["input"]["fingerprint"]:
             diffs.append("another input or other input options (files, text column, carried columns, "
                          "rows per part, chunking)")
         if not diffs:
-            return old
+            if old.get("parts") == run_info["parts"] and old["input"].get("bad_files") == \
+                    run_info["input"].get("bad_files") and "options_fingerprint" in old["input"]:
+                return old
+            if fs.is_uri(out_dir):  # re-planning renames parts, which an object store cannot do atomically
+                raise OutputError(f"{out_dir}: the input files changed since this output was planned; an "
+                                  "object-store output is not re-planned: pass --overwrite, or choose another "
+                                  "--output")
+            replan(out_dir, run_info)
+            fs.write_json(run_path, run_info)
+            return run_info
         if not overwrite:
             raise OutputError(f"{out_dir} was written by {' and '.join(diffs)}; pass --overwrite to replace "
                               "its contents, or choose another --output")
@@ -181,9 +208,15 @@ def read_manifest(out_dir: str) -> dict[int, dict]:
     return out
 
 
-def _is_done(out_dir: str, part: dict, entry: dict | None) -> bool:
+def _same_part(part: dict, entry: dict | None) -> bool:
+    """``entry`` (manifest or bad-part record) is of ``part``: the same rows of the same file, unchanged since
+    (entries written before file fingerprints were recorded match any)."""
     return bool(entry and entry.get("rows") == part["rows"] and entry.get("file") == part["file"]
-                and fs.exists(fs.join(out_dir, part_name(part["index"]))))
+                and entry.get("file_fp", part.get("file_fp")) == part.get("file_fp"))
+
+
+def _is_done(out_dir: str, part: dict, entry: dict | None) -> bool:
+    return _same_part(part, entry) and fs.exists(fs.join(out_dir, part_name(part["index"])))
 
 
 def done_parts(out_dir: str, plan: list[dict]) -> set[int]:
@@ -202,18 +235,153 @@ def part_done(out_dir: str, part: dict) -> bool:
     return _is_done(out_dir, part, entry)
 
 
+def bad_path(out_dir: str, index: int) -> str:
+    return fs.join(out_dir, MANIFEST_DIR, f"bad-{index:06d}.json")
+
+
+def record_bad_part(out_dir: str, part: dict, error: str) -> dict:
+    """Record that ``part`` cannot be read (``--on-bad-file skip``; call while holding its claim): the part
+    counts as finished-but-bad until its file changes, so no other process tries it again."""
+    entry = {"part": part["index"], "file": part["file"], "file_fp": part.get("file_fp"), "rows": part["rows"],
+             "num_rows": part["num_rows"], "error": error, "finished_at": time.time(),
+             "host": os.uname().nodename, "pid": os.getpid()}
+    fs.write_json(bad_path(out_dir, part["index"]), entry)
+    return entry
+
+
+def read_bad_parts(out_dir: str, plan: list[dict]) -> dict[int, dict]:
+    """The bad-part records that belong to ``plan`` (a record of a file since changed is not)."""
+    out = {}
+    for p in plan:
+        try:
+            entry = fs.read_json(bad_path(out_dir, p["index"]))
+        except (OSError, ValueError):
+            continue
+        if _same_part(p, entry):
+            out[p["index"]] = entry
+    return out
+
+
+def record_skipped_files(out_dir: str, files: list[dict]) -> None:
+    """The input files left out of the plan (``--on-bad-file skip``), each with its error; none: no file."""
+    path = fs.join(out_dir, MANIFEST_DIR, "skipped_files.json")
+    if files:
+        fs.write_json(path, files)
+    else:
+        with contextlib.suppress(OSError):
+            fs.remove(path)
+
+
+def part_state(out_dir: str, part: dict) -> str | None:
+    """``"done"``, ``"bad"`` (recorded as unreadable, for its file as it is now) or None (still to do)."""
+    if part_done(out_dir, part):
+        return "done"
+    try:
+        if _same_part(part, fs.read_json(bad_path(out_dir, part["index"]))):
+            return "bad"
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def claim_path(out_dir: str, index: int) -> str:
+    return os.path.join(fs.lock_dir(out_dir), CLAIMS_DIR, part_name(index).replace(".parquet", ".lock"))
+
+
 def claim_part(out_dir: str, index: int):
     """An open lock file held exclusively for part ``index`` (close it to release), or ``None`` when a
-    live process holds it.  ``flock`` locks die with their process, so a killed holder blocks nothing."""
+    live process holds it.  ``flock`` locks die with their process, so a killed holder blocks nothing.
+    The holder writes its host and pid into the file, for messages about parts left to others."""
     claims = os.path.join(fs.lock_dir(out_dir), CLAIMS_DIR)
     os.makedirs(claims, exist_ok=True)
-    f = open(os.path.join(claims, part_name(index).replace(".parquet", ".lock")), "a")
+    f = open(claim_path(out_dir, index), "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
         return None
+    with contextlib.suppress(OSError):
+        f.truncate(0)
+        f.write(f"{os.uname().nodename} {os.getpid()} {time.time():.0f}\n")
+        f.flush()
     return f
+
+
+def claim_holder(out_dir: str, index: int) -> str:
+    """``host pid`` of the process that last claimed part ``index`` ('' when unknown)."""
+    try:
+        with open(claim_path(out_dir, index)) as f:
+            return " ".join(f.read().split()[:2])
+    except OSError:
+        return ""
+
+
+def replan(out_dir: str, run_info: dict) -> dict:
+    """Fit the folder to a new part plan (call under :func:`folder_lock`): finished parts of unchanged files
+    (same file, rows and fingerprint) are kept and renamed to their index in the new plan; parts of files
+    that changed or left the input, stray part files and every bad-part record are deleted.  Refused while a
+    live process holds any part's claim (it may be tagging with the old plan).  Returns the counts.
+
+    Renames go through hidden temporary names (``.replan-NNNNNN``) and the manifest entry is moved after its
+    part, so a kill at any point loses at most the parts being moved (they are tagged again), never mixes
+    two parts up."""
+    plan = run_info["parts"]
+    held = []
+    claims_dir = os.path.join(fs.lock_dir(out_dir), CLAIMS_DIR)
+    try:
+        for name in sorted(os.listdir(claims_dir)) if os.path.isdir(claims_dir) else []:
+            f = open(os.path.join(claims_dir, name), "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                raise OutputError(f"{out_dir}: the input changed since this folder was planned, and part "
+                                  f"{int(name[5:11])} is being tagged by a live process "
+                                  f"({claim_holder(out_dir, int(name[5:11])) or 'unknown'}) with the old plan; "
+                                  "wait for it to end (or stop it), then run again") from None
+            held.append(f)
+        new_index = {(p["file"], tuple(p["rows"]), p.get("file_fp")): p["index"] for p in plan}
+        by_file_rows = {(p["file"], tuple(p["rows"])): p["index"] for p in plan}
+        manifest = read_manifest(out_dir)
+        moves, kept, removed = [], 0, 0
+        targets, kept_sources = set(), set()
+        for i, entry in sorted(manifest.items()):
+            path = os.path.join(out_dir, part_name(i))
+            if entry.get("file_fp") is not None:
+                j = new_index.get((entry.get("file"), tuple(entry.get("rows", ())), entry.get("file_fp")))
+            else:  # an entry from before file fingerprints: matched by file and rows
+                j = by_file_rows.get((entry.get("file"), tuple(entry.get("rows", ()))))
+            if j is None or j in targets or not os.path.exists(path):
+                removed += os.path.exists(path)
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+                with contextlib.suppress(OSError):
+                    os.remove(manifest_path(out_dir, i))
+                continue
+            targets.add(j)
+            kept_sources.add(i)
+            kept += 1
+            if j != i:
+                moves.append((i, j, entry))
+        kept_names = {part_name(i) for i in manifest if i in kept_sources}
+        for stray in glob.glob(os.path.join(out_dir, "part-*.parquet")) + glob.glob(
+                os.path.join(out_dir, ".replan-*")) + glob.glob(os.path.join(out_dir, MANIFEST_DIR, "bad-*.json")):
+            name = os.path.basename(stray)
+            if name in kept_names:
+                continue
+            removed += name.startswith("part-") and int(name[5:11]) not in manifest  # counted above otherwise
+            with contextlib.suppress(OSError):
+                os.remove(stray)
+        for i, j, entry in moves:  # first out of the way: a target may still hold a part that moves too
+            os.remove(manifest_path(out_dir, i))
+            os.replace(os.path.join(out_dir, part_name(i)), os.path.join(out_dir, f".replan-{j:06d}"))
+        for i, j, entry in moves:
+            os.replace(os.path.join(out_dir, f".replan-{j:06d}"), os.path.join(out_dir, part_name(j)))
+            fs.write_json(manifest_path(out_dir, j), {**entry, "part": j, "output": part_name(j)})
+        return {"kept": kept, "moved": len(moves), "removed": removed}
+    finally:
+        for f in held:
+            f.close()
 
 
 class PartWriter:
@@ -248,10 +416,13 @@ class PartWriter:
         fs.publish(self.tmp, self.final)
         stats = {k: v for k, v in stats.items() if k not in ("rows", "parts")}
         entry = {"part": self.part["index"], "output": part_name(self.part["index"]), "file": self.part["file"],
-                 "row_groups": self.part["row_groups"], "rows": self.part["rows"], "num_rows": self.rows,
+                 "file_fp": self.part.get("file_fp"), "row_groups": self.part["row_groups"], "rows": self.part["rows"],
+                 "num_rows": self.rows,
                  **stats, "seconds": round(time.time() - self.started, 3), "finished_at": time.time(),
                  "host": os.uname().nodename, "pid": os.getpid()}
         fs.write_json(manifest_path(self.out_dir, self.part["index"]), entry)
+        with contextlib.suppress(OSError):  # a bad-part record of an earlier try (the file read this time)
+            fs.remove(bad_path(self.out_dir, self.part["index"]))
         return entry
 
     def abort(self) -> None:

@@ -14,11 +14,19 @@ they hold at most ``rows_per_part`` rows; a row group larger than that is cut
 into equal row ranges.  Parts are numbered in input order and are the unit of
 output files, resume and sharding.  An input without rows gets one empty part,
 so the output still has a file with the columns.
+
+Each file has a fingerprint (:func:`file_fingerprint`: path, size, modification time, row groups and its own
+schema), which every part of it carries: a part is done only for the file it was tagged from, so a re-run
+re-tags the parts of a file that changed and nothing else (:func:`infer.output.replan`).  With a ``bad``
+list (``--on-bad-file skip``) a file that cannot be opened, lacks the text column or has columns that do
+not fit the others is listed there with its error instead of stopping the run.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence
@@ -41,6 +49,7 @@ class Source:
     fragment: object  # pyarrow.dataset.ParquetFileFragment
     schema: pa.Schema
     row_group_rows: list[int]
+    fingerprint: str = ""
 
     @property
     def num_rows(self) -> int:
@@ -54,6 +63,7 @@ class Part:
     row_groups: tuple[int, int]  # [first, last) row groups of the file
     rows: tuple[int, int]  # [start, end) row numbers within the file
     source: int = 0  # position in the source list
+    file_fp: str = ""  # the file's fingerprint when planned
 
     @property
     def num_rows(self) -> int:
@@ -72,6 +82,14 @@ def _is_string(t: pa.DataType) -> bool:
         t = t.value_type
     return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
             or (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t)))
+
+
+def file_fingerprint(path: str, physical: pa.Schema, row_group_rows: Sequence[int]) -> str:
+    """What identifies one input file's content without reading its data: a rewritten file gets a new one."""
+    size, mtime_ns = fs.stat_key(path)
+    key = {"path": fs.abspath(path), "size": size, "mtime_ns": mtime_ns,
+           "row_groups": list(row_group_rows), "schema": physical.to_string(show_schema_metadata=False)}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def _datasets(inputs: Sequence[str]) -> list[ds.Dataset]:
@@ -101,21 +119,27 @@ def _file_schema(physical: pa.Schema, dataset: ds.Dataset) -> pa.Schema:
     return pa.schema(list(physical) + extra)
 
 
-def _unify(schemas: list[tuple[str, pa.Schema]]) -> pa.Schema:
+def _unify(schemas: list[tuple[str, pa.Schema]], bad: list | None = None) -> pa.Schema:
     """One schema for all files: a column missing from a file is null there, null-typed columns take the
-    other files' type, numbers widen (int32 + int64 -> int64); an InputError names two files that disagree."""
+    other files' type, numbers widen (int32 + int64 -> int64); an InputError names two files that disagree
+    (with a ``bad`` list, the later file is listed there and left out instead)."""
     unified = schemas[0][1]
     origin = {name: schemas[0][0] for name in unified.names}  # the file that gave each column its type
     for path, schema in schemas[1:]:
         try:
             merged = pa.unify_schemas([unified, schema], promote_options="permissive")
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            message = f"{path}: its columns do not fit those of {schemas[0][0]}: {e}"
             for f in schema:
                 if f.name in origin and not _compatible(unified.field(f.name), f):
-                    raise InputError(f"column {f.name!r} is {unified.field(f.name).type} in {origin[f.name]} "
-                                     f"but {f.type} in {path}; the input files cannot be read as one table "
-                                     "(convert the column, or tag the files separately)") from None
-            raise InputError(f"{path}: its columns do not fit those of {schemas[0][0]}: {e}") from None
+                    message = (f"column {f.name!r} is {unified.field(f.name).type} in {origin[f.name]} "
+                               f"but {f.type} in {path}; the input files cannot be read as one table "
+                               "(convert the column, or tag the files separately)")
+                    break
+            if bad is None:
+                raise InputError(message) from None
+            bad.append({"path": os.path.abspath(path), "error": message})
+            continue
         for f in schema:
             if f.name not in origin or merged.field(f.name).type != unified.field(f.name).type:
                 origin[f.name] = path
@@ -131,17 +155,28 @@ def _compatible(a: pa.Field, b: pa.Field) -> bool:
         return False
 
 
-def discover(inputs: Sequence[str], text_column: str, columns: Sequence[str] | None) -> tuple[list[Source], list[str]]:
+def discover(inputs: Sequence[str], text_column: str, columns: Sequence[str] | None,
+             bad: list | None = None) -> tuple[list[Source], list[str]]:
     """All input files and the output's carried columns (``columns=None``: every non-text column).
 
     Every file is read with one schema unified over all of them (a dataset's own schema comes from its
-    first file only, which would drop the columns that file lacks)."""
+    first file only, which would drop the columns that file lacks).  A bad file (unreadable, no text
+    column, a text column that is not a string, columns that do not fit) is an InputError; with a ``bad``
+    list it is appended there as ``{"path", "error"}`` and left out instead."""
     sources: list[Source] = []
     seen = set()
     try:
         datasets = _datasets(inputs)
     except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"cannot read the input {list(inputs)} as Parquet: {e}") from None
+        if bad is None or not isinstance(e, pa.ArrowInvalid):
+            raise InputError(f"cannot read the input {list(inputs)} as Parquet: {e}") from None
+        datasets = _datasets_one_by_one(inputs, bad)
+
+    def reject(path: str, message: str) -> None:
+        if bad is None:
+            raise InputError(message)
+        bad.append({"path": os.path.abspath(path), "error": message})
+
     schemas = []
     for d in datasets:
         fragments = sorted(d.get_fragments(), key=lambda f: f.path)
@@ -155,20 +190,30 @@ def discover(inputs: Sequence[str], text_column: str, columns: Sequence[str] | N
                 physical = frag.physical_schema
                 frag.ensure_complete_metadata()
                 rg_rows = [rg.num_rows for rg in frag.row_groups]
+                fingerprint = file_fingerprint(name, physical, rg_rows)
             except (pa.ArrowInvalid, OSError) as e:
-                raise InputError(f"{frag.path}: not a readable Parquet file: {e}") from None
+                reject(frag.path, f"{frag.path}: not a readable Parquet file: {e}")
+                continue
             field = physical.field(text_column) if text_column in physical.names else None
             if field is None:
-                raise InputError(f"{frag.path}: no text column {text_column!r} (columns: {physical.names}); "
-                                 "choose it with --text-column")
+                reject(frag.path, f"{frag.path}: no text column {text_column!r} (columns: {physical.names}); "
+                                  "choose it with --text-column")
+                continue
             if not _is_string(field.type):
-                raise InputError(f"{frag.path}: text column {text_column!r} has type {field.type}, "
-                                 "expected a string column; choose another with --text-column")
-            sources.append(Source(name, frag, physical, rg_rows))
+                reject(frag.path, f"{frag.path}: text column {text_column!r} has type {field.type}, "
+                                  "expected a string column; choose another with --text-column")
+                continue
+            sources.append(Source(name, frag, physical, rg_rows, fingerprint))
             schemas.append((name, _file_schema(physical, d)))
     if not sources:
+        if bad:
+            raise InputError(f"every input file is bad ({len(bad)}; the first: {bad[0]['error']})")
         raise InputError(f"no Parquet files found in {list(inputs)}")
-    unified = _unify(schemas)
+    n_bad = len(bad) if bad is not None else 0
+    unified = _unify(schemas, bad)
+    if bad is not None and len(bad) > n_bad:  # files left out by _unify
+        dropped = {b["path"] for b in bad[n_bad:]}
+        sources = [s for s in sources if os.path.abspath(s.path) not in dropped]
     if columns is None:
         columns = [n for n in unified.names if n != text_column]
     else:
@@ -182,6 +227,32 @@ def discover(inputs: Sequence[str], text_column: str, columns: Sequence[str] | N
     for s in sources:
         s.schema = unified
     return sources, list(columns)
+
+
+def _datasets_one_by_one(inputs: Sequence[str], bad: list) -> list[ds.Dataset]:
+    """:func:`_datasets` when opening them together failed (a file whose footer cannot be read): one
+    dataset per file, the unreadable ones listed in ``bad``."""
+    out = []
+    for spec in inputs:
+        if os.path.isdir(spec):
+            paths = sorted(os.path.join(root, n) for root, dirs, names in os.walk(spec) for n in names
+                           if n.endswith(".parquet") and not n.startswith((".", "_"))
+                           and not any(part.startswith((".", "_")) for part in
+                                       os.path.relpath(root, spec).split(os.sep) if part != "."))
+        elif os.path.isfile(spec):
+            paths = [spec]
+        else:
+            paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        for path in paths:
+            try:
+                if os.path.isdir(spec):
+                    out.append(ds.dataset([path], format="parquet",
+                                          partitioning=ds.partitioning(flavor="hive"), partition_base_dir=spec))
+                else:
+                    out.append(ds.dataset([path], format="parquet"))
+            except (pa.ArrowInvalid, OSError) as e:
+                bad.append({"path": os.path.abspath(path), "error": f"{path}: not a readable Parquet file: {e}"})
+    return out
 
 
 def plan_parts(sources: Sequence[Source], rows_per_part: int) -> list[Part]:
@@ -204,16 +275,16 @@ def plan_parts(sources: Sequence[Source], rows_per_part: int) -> list[Part]:
                 for j in range(k):
                     a = offsets[g] + n * j // k
                     b = offsets[g] + n * (j + 1) // k
-                    parts.append(Part(len(parts), src.path, (g, g + 1), (a, b), si))
+                    parts.append(Part(len(parts), src.path, (g, g + 1), (a, b), si, src.fingerprint))
                 g += 1
                 continue
             h = g + 1
             while h < ngroups and offsets[h + 1] - offsets[g] <= rows_per_part:
                 h += 1
-            parts.append(Part(len(parts), src.path, (g, h), (offsets[g], offsets[h]), si))
+            parts.append(Part(len(parts), src.path, (g, h), (offsets[g], offsets[h]), si, src.fingerprint))
             g = h
     if not parts and sources:  # no rows at all: one empty part still shows readers the columns
-        parts.append(Part(0, sources[0].path, (0, 0), (0, 0), 0))
+        parts.append(Part(0, sources[0].path, (0, 0), (0, 0), 0, sources[0].fingerprint))
     return parts
 
 

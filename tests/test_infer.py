@@ -298,18 +298,52 @@ def test_killed_run_resumes_without_duplicates(tiny_exports, sample_input, bert_
     assert read_output(out).equals(read_output(bert_reference))
 
 
-def test_shards_split_the_parts(tiny_exports, sample_input, bert_reference, tmp_path, monkeypatch):
+def test_shard_takes_its_own_parts_first_then_the_others(tiny_exports, sample_input, bert_reference, tmp_path,
+                                                        monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "3")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")  # shard 1 of 2
     assert run_tag(tiny_exports["bert"] / "export", sample_input[0], out) == 0
     s1 = json.loads((out / "_summary.json").read_text())
-    assert not s1["total"]["complete"] and s1["this_run"]["shard_index"] == 1
+    assert s1["total"]["complete"] and s1["this_run"]["shard_index"] == 1
+    # its own parts (1, 3) first, then shard 0's from the end (4, 2, 0): no other task ran, it did them all
+    entries = [json.loads(p.read_text()) for p in (out / "_manifest").glob("part-*.json")]
+    assert [e["part"] for e in sorted(entries, key=lambda e: e["finished_at"])] == [1, 3, 4, 2, 0]
+    assert s1["this_run"]["parts"] == 5 and s1["this_run"]["parts_stolen"] == 3
     assert run_tag(tiny_exports["bert"] / "export", sample_input[0], out, "--shard-index", "0") == 0
-    s0 = json.loads((out / "_summary.json").read_text())
-    assert s0["total"]["complete"] and s0["this_run"]["rows"] + s1["this_run"]["rows"] == len(sample_input[1])
+    assert json.loads((out / "_summary.json").read_text())["this_run"]["rows"] == 0  # nothing left for shard 0
     assert read_output(out).equals(read_output(bert_reference))
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, (1, 0)),
+    ({"SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_ID": "2"}, (4, 2)),
+    ({"SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_ID": "4"}, (2, 1)),
+    # --array=0-14:2: tasks 0, 2, ..., 14 are shards 0..7 of 8
+    ({"SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2",
+      "SLURM_ARRAY_TASK_ID": "14"}, (8, 7)),
+    ({"SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_STEP": "5",
+      "SLURM_ARRAY_TASK_ID": "10"}, (3, 1)),
+])
+def test_shard_from_env_honours_the_array_step(monkeypatch, env, expected):
+    from infer.runner import shard_from_env
+
+    for name in ("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert shard_from_env(None, None) == expected
+    assert shard_from_env(2, 1) == (2, 1)  # the options win
+
+
+def test_work_order_own_shard_first_then_the_others_from_the_end():
+    from infer.shares import work_order
+    from infer.sources import Part
+
+    parts = [Part(i, "f", (i, i + 1), (i, i + 1)) for i in range(7)]
+    assert [p.index for p in work_order(parts, 3, 1)] == [1, 4, 6, 5, 3, 2, 0]
+    assert [p.index for p in work_order(parts, 1, 0)] == list(range(7))
 
 
 @pytest.mark.distributed

@@ -223,16 +223,24 @@ def test_read_only_output_is_a_clear_error(tiny_exports, small_input, small_refe
 
 
 # ------------------------------------------------------------------ 7. parts claimed with locks
-def test_part_claimed_by_a_live_process_is_left_to_it(tiny_exports, small_input, small_reference, tmp_path):
+def test_part_claimed_by_a_live_process_is_left_to_it(tiny_exports, small_input, small_reference, tmp_path,
+                                                      capsys):
+    """A part held by a live process (which never finishes it) is waited for, then the run exits 5 naming it."""
     out = tmp_path / "out"
     claims = out / "_claims"
     claims.mkdir(parents=True)
     with open(claims / "part-000001.lock", "a") as held:  # another process is tagging part 1
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        assert run_tag(tiny_exports["bert"] / "export", small_input, out) == 0
+        held.write("node7 4242 0\n")
+        held.flush()
+        capsys.readouterr()
+        assert run_tag(tiny_exports["bert"] / "export", small_input, out, "--wait-for-others", "1") == 5
+    err = capsys.readouterr().err
+    assert ("ner-tag: incomplete: 1 part(s) not finished: part 1 (node7 4242); live processes hold them and may "
+            "still finish them; run the same command again to take over what is left") in err, err
     assert sorted(_parts(out)) == ["part-000000.parquet", "part-000002.parquet"]
     total = _summary(out)["total"]
-    assert not total["complete"] and total["parts_done"] == 2
+    assert not total["complete"] and total["parts_done"] == 2 and total["parts_left"] == [1]
     # its holder is gone (the lock died with it): the next run takes the part
     assert run_tag(tiny_exports["bert"] / "export", small_input, out) == 0
     assert _summary(out)["this_run"]["parts"] == 1 and _summary(out)["total"]["complete"]
@@ -268,8 +276,10 @@ def test_array_task_rerun_with_another_world_size_leaves_no_gap(tiny_exports, tm
              "--shard-index", "0", launcher=launcher, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     ranks = _summary(out)["this_run"]["ranks"]
-    assert sum(r["parts"] for r in ranks) == 5 and all(r["shard"] == 0 for r in ranks)
+    # shard 0's 5 parts, then shard 1's (stolen: no task of shard 1 ran)
+    assert sum(r["parts"] for r in ranks) == 10 and sum(r["parts_stolen"] for r in ranks) == 5
+    assert all(r["shard"] == 0 for r in ranks)
     assert run_tag(tiny_exports["bert"] / "export", path, out, "--num-shards", "2", "--shard-index", "1") == 0
-    assert _summary(out)["this_run"]["parts"] == 5 and _summary(out)["total"]["complete"]
+    assert _summary(out)["this_run"]["parts"] == 0 and _summary(out)["total"]["complete"]
     assert sorted(_parts(out)) == [f"part-{i:06d}.parquet" for i in range(10)]
     assert read_output(out).equals(read_output(reference))

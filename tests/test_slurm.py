@@ -15,7 +15,9 @@ workers still compute on CPU.
   ends the job FAILED, not requeued;
 * ``slurm/tag.sbatch`` as a 2-task array over 3 Parquet files: every input row comes out exactly
   once, and submitting again does no work; a task preempted mid-way requeues itself and the output
-  still holds every row once; a task is not requeued without progress, or past NER_MAX_REQUEUES;
+  still holds every row once; a task is not requeued without progress, or past NER_MAX_REQUEUES; an
+  array with a step (``--array=0-2:2``) and a slowed task, whose parts the other task takes over (work
+  stealing); a task killed outright, whose parts the other task finishes;
 * the scripts' stop budget (shutdown + node grace inside the signal lead) and rendezvous port range.
 
 A requeued job is released from SLURM's ~2 minute BeginTime hold early, but only 3 s after the requeue
@@ -29,6 +31,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -484,6 +487,77 @@ def test_tag_task_is_not_requeued_without_progress_or_past_the_cap(slurm_cluster
         assert "not requeueing" in log and "already requeued 0 times (NER_MAX_REQUEUES=0)" in log, log[-4000:]
 
 
+SLOW_TASK = """\
+# written by tests/test_slurm.py: array task NER_TEST_SLOW_TASK writes Parquet 10x slower than the others
+import os
+
+if os.environ.get("SLURM_ARRAY_TASK_ID") is not None and os.environ.get("NER_TEST_SLOW_TASK") is not None:
+    import time
+
+    import pyarrow.parquet as _pq
+
+    _write_table = _pq.ParquetWriter.write_table
+    _pause = 1.0 if os.environ["SLURM_ARRAY_TASK_ID"] == os.environ["NER_TEST_SLOW_TASK"] else 0.1
+
+    def _paced_write_table(self, *args, **kwargs):
+        time.sleep(_pause)
+        return _write_table(self, *args, **kwargs)
+
+    _pq.ParquetWriter.write_table = _paced_write_table
+"""
+
+
+def test_tag_array_with_a_step_and_a_slow_task_steals_and_covers_every_row_once(slurm_cluster, tiny_exports,
+                                                                               tmp_path):
+    """--array=0-2:2 (tasks 0 and 2: shards 0 and 1 of 2), task 2 slowed 10x: task 0 does its shard, then takes
+    the slow task's unclaimed parts; both end COMPLETED, and every row comes out exactly once."""
+    import pyarrow.parquet as pq
+
+    ids = write_parquet_inputs(tmp_path / "in", rows=(8, 8, 8), row_group_size=2)  # 12 parts of 2 rows
+    out = tmp_path / "tagged"
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_TASK)
+    env = job_env(NER_TEST_SLOW_TASK="2", PYTHON=os.environ.get("PYTHON", sys.executable))
+    env["PYTHONPATH"] = str(tmp_path / "slow") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    array_id = slurm_cluster.sbatch(tag_args(tiny_exports["bert"] / "export", tmp_path / "in", out, "0-2:2",
+                                             rows_per_part=2), cwd=tmp_path, env=env)
+    tasks = slurm_cluster.wait(array_id, timeout=JOB_TIMEOUT)
+    logs = {t: job_log(tmp_path / f"ner-tag-{array_id}_{t}.out") for t in (0, 2)}
+    assert sorted(int(t["ArrayTaskId"]) for t in tasks) == [0, 2], tasks
+    assert all(t["JobState"] == "COMPLETED" and t["ExitCode"] == "0:0" for t in tasks), logs
+    assert "shard 0/2" in logs[0] and "shard 1/2" in logs[2], logs
+
+    tagged = collections.Counter()
+    for part in sorted(out.glob("part-*.parquet")):
+        tagged.update(pq.read_table(part).column("id").to_pylist())
+    assert sorted(tagged) == sorted(ids) and set(tagged.values()) == {1}, tagged
+    by_pid = collections.Counter(json.loads(p.read_text())["pid"] for p in (out / "_manifest").glob("part-*.json"))
+    assert len(by_pid) == 2 and max(by_pid.values()) > 6, by_pid  # the fast task did more than its 6 parts
+
+
+def test_tag_task_killed_outright_leaves_its_parts_to_the_other(slurm_cluster, tiny_exports, tmp_path):
+    """Array task 1 is SIGKILLed whole (``scancel --signal=KILL``: no stop, no requeue) once parts are being
+    written: task 0 takes over its parts (their claims died with it) and ends COMPLETED; every row once."""
+    import pyarrow.parquet as pq
+
+    ids = write_parquet_inputs(tmp_path / "in", rows=(8, 8, 8), row_group_size=2)  # 12 parts of 2 rows
+    out = tmp_path / "tagged"
+    env = slow_writes_env(tmp_path / "slow", 0.4, PYTHON=os.environ.get("PYTHON", sys.executable))
+    array_id = slurm_cluster.sbatch(tag_args(tiny_exports["bert"] / "export", tmp_path / "in", out, "0-1",
+                                             rows_per_part=2), cwd=tmp_path, env=env)
+    logs = lambda: {t: job_log(tmp_path / f"ner-tag-{array_id}_{t}.out")[-3000:] for t in (0, 1)}  # noqa: E731
+    wait_until(lambda: manifest_entries(out) >= 3, "three finished parts", slurm_cluster, array_id, logs)
+    subprocess.run(["scancel", "--signal=KILL", f"{array_id}_1"], check=True, env=slurm_cluster.env())
+    tasks = slurm_cluster.wait(array_id, timeout=JOB_TIMEOUT)
+    by_task = {int(t["ArrayTaskId"]): t for t in tasks}
+    assert by_task[0]["JobState"] == "COMPLETED" and by_task[0]["ExitCode"] == "0:0", (tasks, logs())
+    assert by_task[1]["JobState"] != "COMPLETED", (tasks, logs())
+    tagged = collections.Counter()
+    for part in sorted(out.glob("part-*.parquet")):
+        tagged.update(pq.read_table(part).column("id").to_pylist())
+    assert sorted(tagged) == sorted(ids) and set(tagged.values()) == {1}, tagged
+
+
 # ---------------------------------------------------------------- script settings (no cluster needed)
 def _sbatch_lead(script: Path) -> int:
     (line,) = [ln for ln in script.read_text().splitlines() if ln.startswith("#SBATCH --signal=")]
@@ -507,7 +581,8 @@ def test_stop_budget_fits_in_the_signal_lead():
     assert lead == _default(TRAIN_SBATCH, "NER_SIGNAL_LEAD")
     assert shutdown + grace + 60 <= lead, (shutdown, grace, lead)
     tag_lead = _sbatch_lead(TAG_SBATCH)
-    assert _default(TAG_SBATCH, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT") + 20 <= tag_lead
+    tag_grace = _default(TAG_SBATCH, "NER_STOP_GRACE")  # past it the tagger is killed: the stop is bounded
+    assert _default(TAG_SBATCH, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT") + 5 <= tag_grace and tag_grace + 10 <= tag_lead
 
 
 def test_rendezvous_port_stays_below_the_ephemeral_range():
