@@ -3,7 +3,6 @@ decodes both the CRF and the per-piece probabilities of taggers without a CRF.""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 from torchcrf import CRF
@@ -166,46 +165,47 @@ class _LogPartition(torch.autograd.Function):
                 marginals[rows, lat.lengths - 1].sum(0).to(dtype))
 
 
-def compact(mask: torch.Tensor):
-    """Indices that move the True positions of each row to the left: (index [B, S], valid [B, S])."""
+def compact(mask: torch.Tensor, full_width: bool = False):
+    """Indices that move the True positions of each row to the left: (index [B, W], valid [B, W]); W is the
+    longest row's count, or with ``full_width`` all S positions (no device sync to read the count)."""
     counts = mask.sum(1)
-    width = max(int(counts.max()), 1)
+    width = mask.size(1) if full_width else max(int(counts.max()), 1)
     # stable sort puts True (key 0) before False (key 1), preserving order
     order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
     valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
     return order, valid
 
 
-def viterbi(scores, mask, transitions, start, end=None) -> np.ndarray:
-    """Best tag path per row: [n, steps] (positions past a row's length repeat its last tag).
+def viterbi(scores: torch.Tensor, mask: torch.Tensor, transitions: torch.Tensor, start: torch.Tensor,
+            end: torch.Tensor | None = None) -> torch.Tensor:
+    """Best tag path per row: int64 [n, steps] on ``scores``' device (positions past a row's length repeat its
+    last tag).
 
     ``scores`` [n, steps, C] (emissions, or log-probabilities) and ``mask`` [n, steps] are left-aligned
     (valid positions first); ``transitions`` [C, C] (from, to), ``start`` and ``end`` [C] are added scores,
     as in a linear-chain CRF (-10000 forbids a move).  Serves both the CRF's decoding and the IOB2-constrained
-    best path of taggers without one.  In numpy with a vectorised backtrace: a per-position loop of small
-    torch ops is several times slower on a CPU, and pytorch-crf's per-row backtrace reads every tag with
-    ``.item()`` (a device sync each on a GPU).
+    best path of taggers without one.  Tensor ops only, so on a GPU it queues behind the model without a
+    device sync (pytorch-crf's per-row backtrace reads every tag with ``.item()``); ties go to the lowest tag.
     """
-    as_np = (lambda x: x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
-    scores, mask, transitions, start = map(as_np, (scores, mask, transitions, start))
     n, steps, c = scores.shape
+    dev = scores.device
+    transitions, start = transitions.to(dev, scores.dtype), start.to(dev, scores.dtype)
+    mask = mask.to(dev)
     score = scores[:, 0] + start
-    ident = np.broadcast_to(np.arange(c), (n, c))
-    history = np.empty((n, steps, c), dtype=np.int64)
-    history[:, 0] = ident
+    ident = torch.arange(c, device=dev).expand(n, c)
+    history = torch.empty((steps, n, c), dtype=torch.long, device=dev)
+    history[0] = ident
     for t in range(1, steps):
-        cand = score[:, :, None] + transitions[None]  # [n, from, to]
-        idx = cand.argmax(1)
-        best = np.take_along_axis(cand, idx[:, None, :], 1)[:, 0]
+        best, idx = (score[:, :, None] + transitions[None]).max(1)  # [n, from, to] -> best previous tag
         m = mask[:, t, None]
-        score = np.where(m, best + scores[:, t], score)
-        history[:, t] = np.where(m, idx, ident)
+        score = torch.where(m, best + scores[:, t], score)
+        history[t] = torch.where(m, idx, ident)
     if end is not None:
-        score = score + as_np(end)
-    last = score.argmax(-1)
-    path = np.empty((n, steps), dtype=np.int64)
-    path[:, -1] = last
+        score = score + end.to(dev, scores.dtype)
+    last = score.argmax(-1, keepdim=True)
+    path = torch.empty((steps, n), dtype=torch.long, device=dev)
+    path[-1] = last[:, 0]
     for t in range(steps - 1, 0, -1):
-        last = history[np.arange(n), t, last]
-        path[:, t - 1] = last
-    return path
+        last = history[t].gather(1, last)
+        path[t - 1] = last[:, 0]
+    return path.t()
