@@ -527,3 +527,37 @@ def test_span_means_are_numpy_means_bit_for_bit():
     got = span_means(torch.from_numpy(probs), torch.from_numpy(begin), torch.from_numpy(begin + length)).numpy()
     want = np.array([probs[a:a + n].mean() for a, n in zip(begin, length)], dtype=np.float32)
     assert np.array_equal(got, want)
+
+
+def _real_rows(n: int) -> list:
+    """The first ``n`` rows of the shared news corpus, or (without it) tricky and fuzzed texts."""
+    if (SHARED_CORPUS / "news_sentences.parquet").exists():
+        import pyarrow.parquet as pq
+
+        return pq.read_table(SHARED_CORPUS / "news_sentences.parquet", columns=["text"]).slice(0, n) \
+            .column("text").to_pylist()
+    return tricky_texts() + fuzz_texts(5, n)
+
+
+@pytest.mark.parametrize("name", ["bert_extras", "bilstm"])
+def test_device_decoding_equals_the_numpy_path_on_real_rows(tiny_exports, name, monkeypatch):
+    """CRF exports on real rows: the spans decoded in tensor ops (Viterbi, span table, scores) equal the former
+    path, the numpy Viterbi and the per-row seqeval reading with numpy means; decoding every row at full width
+    (the GPU's way) gives the same output too."""
+    import taggers.models as tm
+    from infer.tagger import TextTagger
+    from test_decoding import viterbi_reference
+
+    tagger = TextTagger.from_export(str(tiny_exports[name] / "export"), "cpu", precision="fp32")
+    texts = _real_rows(1500)
+    prep = tagger.prepare(texts)
+    got = tagger.run(prep).to_pylist()
+    with monkeypatch.context() as m:
+        m.setattr(tm, "viterbi", lambda *a: torch.from_numpy(viterbi_reference(*a)))
+        preds, probs = tagger.predict(prep)
+    _, _, row_first, starts, ends = reference_prepare(tagger.windower, texts, tagger.batch_tokens)
+    assert got == reference_spans(tagger.labels, preds, probs, texts, row_first, starts, ends)
+    assert sum(map(len, got)) > 100
+    decode = tm.TaggerBase.decode
+    monkeypatch.setattr(tm.TaggerBase, "decode", lambda self, b, o: decode(self, b, o, all_rows=True))
+    assert tagger.run(prep).to_pylist() == got
