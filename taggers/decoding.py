@@ -75,7 +75,9 @@ class ConstrainedCRF(CRF):
         gold = (emissions.gather(2, tags[..., None])[..., 0] * mask).sum(1)
         gold = gold + (transitions[tags[:, :-1], tags[:, 1:]] * mask[:, 1:]).sum(1)
         gold = gold + start[tags[:, 0]] + end[tags[rows, mask.sum(1) - 1]]
-        return gold - _LogPartition.apply(emissions, mask, transitions, start, end)
+        log_z = (_LogPartition.apply if emissions.device.type == "cpu" else log_partition_scan)(
+            emissions, mask, transitions, start, end)
+        return gold - log_z
 
 
 def crf_marginals(emissions: torch.Tensor, mask: torch.Tensor, transitions: torch.Tensor, start: torch.Tensor,
@@ -163,6 +165,29 @@ class _LogPartition(torch.autograd.Function):
         dtype = ctx.dtype
         return (marginals.to(grad.dtype), None, moves.to(dtype), marginals[:, 0].sum(0).to(dtype),
                 marginals[rows, lat.lengths - 1].sum(0).to(dtype))
+
+
+def log_partition_scan(emissions: torch.Tensor, mask: torch.Tensor, transitions: torch.Tensor, start: torch.Tensor,
+                       end: torch.Tensor) -> torch.Tensor:
+    """log Z of each row (the :class:`_LogPartition` value, differentiable by autograd) in O(log steps) launches:
+    the positions' transfer matrices multiplied pairwise, level by level (a tree over positions), in log space
+    (log-sum-exp products: exact for any emissions) and float64; positions past a row's length are the identity.
+    It does C times the arithmetic of the per-position loop and more memory, so the CRF uses it off the CPU only,
+    where the loop's launches, not the arithmetic, cost."""
+    n, steps, c = emissions.shape
+    em = emissions.double()
+    transitions, start, end = transitions.double(), start.double(), end.double()
+    eye = torch.full((c, c), float("-inf"), dtype=em.dtype, device=em.device)
+    eye.diagonal().zero_()
+    m = torch.where(mask[:, 1:, None, None], transitions + em[:, 1:, None, :], eye)  # [n, steps - 1, from, to]
+    while m.size(1) > 1:
+        if m.size(1) % 2:
+            m = torch.cat([m, eye.expand(n, 1, c, c)], 1)
+        m = torch.logsumexp(m[:, 0::2, :, :, None] + m[:, 1::2, None, :, :], dim=-2)
+    alpha = start + em[:, 0]
+    if m.size(1):
+        alpha = torch.logsumexp(alpha[:, :, None] + m[:, 0], dim=1)
+    return torch.logsumexp(alpha + end, dim=-1).to(emissions.dtype)
 
 
 def compact(mask: torch.Tensor, full_width: bool = False):
