@@ -344,7 +344,9 @@ class BiLSTMTagger(TaggerBase):
         if self.casing is not None:
             x = torch.cat([x, self.casing(batch["casing"])], dim=-1)
         x = self.input_dropout(x)
-        lengths = batch["attention_mask"].sum(1).cpu()
+        # pack_padded_sequence wants the lengths on the host: from the host's copy of the mask, when the batch
+        # carries one, rather than a device sync
+        lengths = batch["host_lengths"] if "host_lengths" in batch else batch["attention_mask"].sum(1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.size(1))

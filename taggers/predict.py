@@ -77,7 +77,10 @@ def on_device_ahead(batches: Iterable[dict[str, torch.Tensor]], device: torch.de
     copy issued ``ahead`` batches before the model needs it.  On a CPU the tensors pass as they are."""
     pending: deque = deque()
     for cpu_batch in batches:
-        pending.append({k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()})
+        batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
+        if torch.device(device).type != "cpu" and "attention_mask" in cpu_batch:
+            batch["host_lengths"] = cpu_batch["attention_mask"].sum(1)  # what a BiLSTM packs by, on the host
+        pending.append(batch)
         if len(pending) > ahead:
             yield pending.popleft()
     while pending:

@@ -280,3 +280,32 @@ def test_log_partition_scan_equals_the_lattice_in_float64(steps, scale):
     for a, b in zip(g_ref, g_got):
         b = torch.zeros_like(a) if b is None else b  # one position: no transition is used
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_batches_fed_ahead_arrive_in_order_with_host_lengths_off_the_cpu():
+    """``on_device_ahead`` yields every batch once, in order; on the CPU the tensors are the same objects (nothing
+    changes there); for another device each batch carries its rows' lengths from the host copy of the mask
+    (checked with the meta device, which stands in for a GPU)."""
+    from taggers.predict import on_device_ahead
+
+    batches = [{"attention_mask": torch.tensor([[1, 1, 0], [1, 0, 0]]), "input_ids": torch.full((2, 3), i)}
+               for i in range(5)]
+    got = list(on_device_ahead(iter(batches), torch.device("cpu")))
+    assert len(got) == 5 and all(g["input_ids"] is b["input_ids"] and set(g) == set(b) for g, b in zip(got, batches))
+    meta = list(on_device_ahead(iter(batches), torch.device("meta")))
+    assert [m["input_ids"].device.type for m in meta] == ["meta"] * 5
+    assert all(m["host_lengths"].tolist() == [2, 1] and m["host_lengths"].device.type == "cpu" for m in meta)
+
+
+def test_bilstm_packs_by_host_lengths_when_given():
+    from taggers.models import BiLSTMTagger
+
+    torch.manual_seed(0)
+    model = BiLSTMTagger(LABELS, vocab_size=50, embedding_dim=8, lstm_hidden=8, lstm_layers=1, use_casing=False,
+                         dropout=0.0).eval()
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    batch = {"input_ids": torch.randint(1, 50, (2, 4)) * mask, "attention_mask": mask}
+    with torch.no_grad():
+        want = model.features(batch)
+        got = model.features({**batch, "host_lengths": mask.sum(1)})
+    assert torch.equal(got, want)
