@@ -11,6 +11,7 @@ part (exit code 2), anything else is raised as it is (a bug).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 
@@ -18,6 +19,8 @@ import pyarrow as pa
 
 from . import output as out_utils
 from .memory import trim_malloc
+
+log = logging.getLogger("infer")
 
 
 class OutputStage:
@@ -97,8 +100,9 @@ class OutputStage:
             self.writer = out_utils.PartWriter(self.out_dir, part.to_json(), self.schema)
             self.part_stats = self.new_stats()
         if kind == "end":
-            self.writer.commit(self.part_stats.as_dict())
+            entry = self.writer.commit(self.part_stats.as_dict())
             self.writer = None
+            log.debug("part %d done: %s", part.index, entry)
             self.claims.pop(part.index).close()
             self.stats.parts += 1
             return

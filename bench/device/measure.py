@@ -329,7 +329,7 @@ def main(argv=None) -> int:
            "tag": {}, "train": {}}
     precision = "fp32" if smoke else "bf16"
     peak = peak_tflops(torch, device)
-    res["peak_tflops"] = round(peak, 1)
+    res["peak_tflops"] = round(peak, 3)
     print(f"measure: {res['device']}; matrix-product peak {peak:,.1f} TFLOP/s", flush=True)
 
     # ---- exports of the two recipes (speed only: a few steps)
