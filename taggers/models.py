@@ -125,6 +125,8 @@ class TaggerBase(nn.Module):
         the CRF's negative log-likelihood) and teacher distributions ``soft_labels`` (distillation: the
         cross-entropy against the teacher's probabilities, on the per-piece softmax, with or without a CRF)."""
         labels, soft = batch.get("labels"), batch.get("soft_labels")
+        if logits.device.type != "cpu":
+            return self._loss_without_sync(logits, labels, soft)
         hard_n = int((labels != IGNORE_INDEX).sum()) if labels is not None else 0
         hard = None
         if hard_n:
@@ -144,6 +146,28 @@ class TaggerBase(nn.Module):
         keep = valid[:, 0]  # rows with at least one labelled piece
         nll = -self.crf(em[keep], tags[keep], valid[keep]).sum()
         return nll / valid.sum()
+
+    def _loss_without_sync(self, logits, labels, soft):
+        """:meth:`loss` without reading a count on the host (a device sync each, on a GPU): sums over every
+        row at full width, masked, divided by the trained pieces (0 when none, instead of None); the same value
+        up to the order of the float sums."""
+        total = logits.new_zeros((), dtype=torch.float32)
+        count = torch.zeros((), dtype=torch.long, device=logits.device)
+        if labels is not None:
+            labelled = labels != IGNORE_INDEX
+            if self.crf is not None:
+                order, valid = compact(labelled, full_width=True)
+                em = logits.float().gather(1, order[..., None].expand(-1, -1, logits.size(-1)))
+                tags = labels.gather(1, order).clamp(min=0)
+                total = total - (self.crf(em, tags, valid) * valid[:, 0]).sum()  # rows without labels weigh 0
+            else:
+                total = total + nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                                                            ignore_index=IGNORE_INDEX, reduction="sum")
+            count = count + labelled.sum()
+        if soft is not None:  # untaught pieces have all-zero teacher distributions: they add nothing
+            total = total - (soft * logits.float().log_softmax(-1)).sum()
+            count = count + (soft.sum(-1) > 0).sum()
+        return total / count.clamp(min=1)
 
     def piece_distributions(self, batch, outputs) -> torch.Tensor:
         """Per-piece probabilities over the labels [B, T, C], what a teacher teaches (distillation): the

@@ -309,3 +309,30 @@ def test_bilstm_packs_by_host_lengths_when_given():
         want = model.features(batch)
         got = model.features({**batch, "host_lengths": mask.sum(1)})
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("use_crf", [True, False], ids=["crf", "cross-entropy"])
+@pytest.mark.parametrize("taught", [False, True], ids=["gold", "gold+teacher"])
+def test_loss_without_sync_equals_the_loss(use_crf, taught):
+    """The GPU's loss (no count read on the host: full width, masked sums) has the CPU's value and gradients:
+    gold labels with ignored pieces and a row without any, with and without teacher distributions."""
+    from common.encoding import IGNORE_INDEX
+    from taggers.models import BiLSTMTagger
+
+    torch.manual_seed(5)
+    model = BiLSTMTagger(BIO9, vocab_size=50, embedding_dim=8, lstm_hidden=8, lstm_layers=1, use_casing=False,
+                         use_crf=use_crf, dropout=0.0)
+    logits = (torch.randn(6, 10, len(BIO9)) * 3).requires_grad_()
+    labels = torch.randint(0, len(BIO9), (6, 10))
+    labels[torch.rand(6, 10) < 0.3] = IGNORE_INDEX
+    labels[2] = IGNORE_INDEX
+    batch = {"labels": labels}
+    if taught:
+        soft = torch.rand(6, 10, len(BIO9)).softmax(-1) * (torch.rand(6, 10, 1) < 0.5)
+        batch["soft_labels"] = soft
+    want = model.loss(logits, batch)
+    got = model._loss_without_sync(logits, labels, batch.get("soft_labels"))
+    assert torch.allclose(got, want, rtol=1e-6)
+    params = [logits, *model.crf.parameters()] if use_crf else [logits]
+    for a, b in zip(torch.autograd.grad(want, params), torch.autograd.grad(got, params)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
