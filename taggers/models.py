@@ -125,7 +125,7 @@ class TaggerBase(nn.Module):
         the CRF's negative log-likelihood) and teacher distributions ``soft_labels`` (distillation: the
         cross-entropy against the teacher's probabilities, on the per-piece softmax, with or without a CRF)."""
         labels, soft = batch.get("labels"), batch.get("soft_labels")
-        if logits.device.type != "cpu":
+        if logits.device.type != "cpu" and (labels is not None or soft is not None):
             return self._loss_without_sync(logits, labels, soft)
         hard_n = int((labels != IGNORE_INDEX).sum()) if labels is not None else 0
         hard = None
