@@ -29,10 +29,13 @@ The work is split in two so that the CPU part runs beside the model (see :mod:`i
   The windows and batches are exactly those of ``PieceWindower.windows`` + ``token_budget_batches`` +
   ``collate_windows`` (the training code path, which stays as it is).
 * :meth:`TextTagger.run` (model): the project's one prediction path
-  (:func:`taggers.predict.predict_batches`), then IOB2/BIOES word tags are read as spans the conlleval way
-  (seqeval's ``get_entities``, as a transition table over all words at once), mapped back to character
-  offsets, and written as Arrow columns (entity texts gathered from the UTF-8 bytes of the buffer).  The
-  score of a span is the mean probability of its words' predicted tags.
+  (:func:`taggers.predict.predict_on_device`), then IOB2/BIOES word tags are read as spans the conlleval way
+  (seqeval's ``get_entities``, as a transition table over all words at once) where the predictions are, on
+  the model's device (:func:`find_spans`: row, first word, end word, label and score of each span, copied to
+  the host once a buffer; :meth:`TextTagger.run_spans`); the host maps them back to character offsets and
+  Arrow columns (:meth:`TextTagger.entities`; entity texts gathered from the UTF-8 bytes of the buffer), in
+  ner-tag in an output thread of its own (:mod:`infer.output_stage`).  The score of a span is the mean
+  probability of its words' predicted tags.
 
 Texts come back in the order they went in.  ``None``, empty and whitespace-only texts get no entity.
 """
