@@ -201,6 +201,7 @@ def compact(mask: torch.Tensor, full_width: bool = False):
     return order, valid
 
 
+@torch.no_grad()
 def viterbi(scores: torch.Tensor, mask: torch.Tensor, transitions: torch.Tensor, start: torch.Tensor,
             end: torch.Tensor | None = None) -> torch.Tensor:
     """Best tag path per row: int64 [n, steps] on ``scores``' device (positions past a row's length repeat its
@@ -215,22 +216,23 @@ def viterbi(scores: torch.Tensor, mask: torch.Tensor, transitions: torch.Tensor,
     n, steps, c = scores.shape
     dev = scores.device
     transitions, start = transitions.to(dev, scores.dtype), start.to(dev, scores.dtype)
-    mask = mask.to(dev)
-    score = scores[:, 0] + start
-    ident = torch.arange(c, device=dev).expand(n, c)
+    lengths = mask.to(dev).sum(1)
+    # every row runs to the full width (3 launches a position, no masking); a row's result is read at its own
+    # last position, and the backtrace holds its tag past it
+    score = torch.empty((steps, n, c), dtype=scores.dtype, device=dev)
     history = torch.empty((steps, n, c), dtype=torch.long, device=dev)
-    history[0] = ident
+    torch.add(scores[:, 0], start, out=score[0])
     for t in range(1, steps):
-        best, idx = (score[:, :, None] + transitions[None]).max(1)  # [n, from, to] -> best previous tag
-        m = mask[:, t, None]
-        score = torch.where(m, best + scores[:, t], score)
-        history[t] = torch.where(m, idx, ident)
+        torch.max(score[t - 1, :, :, None] + transitions, 1, out=(score[t], history[t]))  # best previous tag
+        score[t] += scores[:, t]
+    final = score[(lengths - 1).clamp(min=0), torch.arange(n, device=dev)]
     if end is not None:
-        score = score + end.to(dev, scores.dtype)
-    last = score.argmax(-1, keepdim=True)
+        final = final + end.to(dev, scores.dtype)
+    last = final.argmax(-1, keepdim=True)
+    live = torch.arange(steps, device=dev)[:, None, None] < lengths[None, :, None]  # [steps, n, 1]
     path = torch.empty((steps, n), dtype=torch.long, device=dev)
     path[-1] = last[:, 0]
     for t in range(steps - 1, 0, -1):
-        last = history[t].gather(1, last)
+        last = torch.where(live[t], history[t].gather(1, last), last)
         path[t - 1] = last[:, 0]
     return path.t()
