@@ -16,7 +16,7 @@
   glibc settings, ``infer.memory.bound_malloc``) in pieces/s and words/s, ``ner-tag`` end to end (default
   threads and host workers) on the first ``--e2e-rows`` rows, the three one after the other ``--repeats`` times (the
   ratios are of the medians: the model alone swings ~14% between runs on shared cores), the share of each
-  ner-tag run's tagging time spent in the model (``predict_batches``, timed in that same process, so free of
+  ner-tag run's tagging time spent in the model (``predict_on_device``, timed in that same process, so free of
   the swings between processes), and for bf16 the fraction of the CPU's bf16 matrix-product peak the model
   reaches (model FLOPs per piece from its config; the peak measured with a large bf16 matrix product on the
   same cores).
@@ -48,15 +48,15 @@ if null_forward:  # the encoder skipped: word-piece embedding and head only
     import taggers.models as tm
     tm.BertTagger.features = lambda self, batch: self.encoder.embeddings.word_embeddings(batch["input_ids"])
 import taggers.predict as tp
-model_s, predict_batches = 0.0, tp.predict_batches
-def timed_predict_batches(*args, **kwargs):  # the model's share of the run, timed inside the same process
+model_s, predict_on_device = 0.0, tp.predict_on_device
+def timed_predict_on_device(*args, **kwargs):  # the model's share of the run, timed inside the same process
     global model_s
     t = time.perf_counter()
     try:
-        return predict_batches(*args, **kwargs)
+        return predict_on_device(*args, **kwargs)
     finally:
         model_s += time.perf_counter() - t
-tp.predict_batches = timed_predict_batches
+tp.predict_on_device = timed_predict_on_device
 t0 = time.time()
 summary = run(TagOptions(model=model, inputs=[src], output=out, device="cpu", precision=sys.argv[5],
                          threads=int(sys.argv[6]), progress=False, overwrite=True))

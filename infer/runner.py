@@ -24,8 +24,9 @@ One process (or each torchrun rank / SLURM array task) does:
 5. a background thread reads each part in bounded buffers (``--buffer-rows``
    rows / ``--buffer-chars`` characters) and prepares them (words, windows,
    length-sorted token-budget batches: :class:`infer.host_encoder.HostEncoder`) while
-   the main thread runs the model on the previous buffer, decodes the spans and
-   writes them; or, with host worker processes (:func:`host_workers`: by
+   the main thread runs the model on the previous buffer and decodes the spans
+   (on the model's device), and an output thread (:mod:`infer.output_stage`)
+   turns them into Arrow columns and writes them; or, with host worker processes (:func:`host_workers`: by
    default beside a GPU, not on a CPU, whose model needs every core), the
    thread hands each buffer to a worker (round robin) and the main thread
    collects the results in input order (pinned tensors on a GPU).  The queue
@@ -66,7 +67,8 @@ from taggers.export import ExportError, load_tagger, read_export_config
 from taggers.precision import resolve_precision
 
 from .host_workers import HostWorkers
-from .memory import bound_malloc, trim_malloc
+from .memory import bound_malloc
+from .output_stage import OutputStage
 from .tagger import ENTITIES_TYPE, WORDS_TYPE, TextTagger, word_probs_type
 
 log = logging.getLogger("infer")
@@ -353,8 +355,7 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
     thread.start()
     bar = tqdm(total=total_rows, unit="rows", disable=not show, dynamic_ncols=True, smoothing=0.05,
                file=sys.stderr)
-    writer = None
-    part_stats = None
+    out = OutputStage(tagger, opts.output, schema, columns, opts.word_probs, stats, _Stats, claims, own)
     t_start = time.time()
     failed = True
     try:
@@ -365,51 +366,26 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
             kind, part, table, prep = item
             if kind == "error":
                 raise part
-            if kind == "bad":  # --on-bad-file skip: the part's rows could not be read
-                if writer is not None:
-                    writer.abort()
-                    writer = None
-                out_utils.record_bad_part(opts.output, part.to_json(), prep)
-                claims.pop(part.index).close()
-                stats.bad += 1
-                log.warning("skipping part %d: %s", part.index, prep)
+            if kind == "bad":  # --on-bad-file skip: the part's rows could not be read (prep: the error)
+                out.bad(part, prep)
                 continue
-            if writer is None:  # at the part's first buffer, or at its end for a part without rows
-                writer = out_utils.PartWriter(opts.output, part.to_json(), schema)
-                part_stats = _Stats()
             if kind == "end":
-                entry = writer.commit(part_stats.as_dict())
-                claims.pop(part.index).close()
-                stats.parts += 1
-                stats.stolen += not own(part)
-                log.debug("part %d done: %s", part.index, entry)
-                writer = None
+                out.end(part)
                 continue
             if workers is not None:
                 ticket, texts = prep
                 prep = tagger.attach(workers.result(ticket), texts)
-            tagged = tagger.run(prep, opts.word_probs)
-            arrays = [table.column(c) for c in columns] + [tagged.to_arrow()]
-            if opts.word_probs:
-                arrays += [tagged.words, tagged.word_probs]
-            writer.write(pa.Table.from_arrays(arrays, schema=schema))
-            counts = tagged.counts()
-            rows_done = prep.num_rows
-            for s in (stats, part_stats):
-                s.rows += prep.num_rows
-                s.words += prep.num_words
-                s.pieces += prep.num_pieces
-                s.padded += prep.padded_pieces
-                s.add_entities(counts)
-            del prep, tagged, table, arrays
-            trim_malloc()
-            bar.update(rows_done)
+            found, distributions = tagger.run_spans(prep, opts.word_probs)
+            prep.batches = []  # the output stage needs the words and texts only
+            out.buffer(part, table, prep, found, distributions)
+            bar.update(prep.num_rows)
             bar.set_postfix_str(f"{stats.words / max(time.time() - t_start, 1e-9):,.0f} words/s", refresh=False)
+            del prep, found, distributions, table
+        out.finish()
         failed = False
     except BaseException:
         stop.set()
-        if writer is not None:
-            writer.abort()
+        out.abort()
         raise
     finally:
         stop.set()
@@ -422,7 +398,7 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
                 pass
         thread.join()
         bar.close()
-        for claim in claims.values():  # parts not finished: free for the next run
+        for claim in list(claims.values()):  # parts not finished: free for the next run
             claim.close()
 
 

@@ -29,10 +29,13 @@ The work is split in two so that the CPU part runs beside the model (see :mod:`i
   The windows and batches are exactly those of ``PieceWindower.windows`` + ``token_budget_batches`` +
   ``collate_windows`` (the training code path, which stays as it is).
 * :meth:`TextTagger.run` (model): the project's one prediction path
-  (:func:`taggers.predict.predict_batches`), then IOB2/BIOES word tags are read as spans the conlleval way
-  (seqeval's ``get_entities``, as a transition table over all words at once), mapped back to character
-  offsets, and written as Arrow columns (entity texts gathered from the UTF-8 bytes of the buffer).  The
-  score of a span is the mean probability of its words' predicted tags.
+  (:func:`taggers.predict.predict_on_device`), then IOB2/BIOES word tags are read as spans the conlleval way
+  (seqeval's ``get_entities``, as a transition table over all words at once) where the predictions are, on
+  the model's device (:func:`find_spans`: row, first word, end word, label and score of each span, copied to
+  the host once a buffer; :meth:`TextTagger.run_spans`); the host maps them back to character offsets and
+  Arrow columns (:meth:`TextTagger.entities`; entity texts gathered from the UTF-8 bytes of the buffer), in
+  ner-tag in an output thread of its own (:mod:`infer.output_stage`).  The score of a span is the mean
+  probability of its words' predicted tags.
 
 Texts come back in the order they went in.  ``None``, empty and whitespace-only texts get no entity.
 """
@@ -122,26 +125,130 @@ class SpanTables:
                 starts[p, c] = start_of_chunk(ptag, tag, ptype, ctype)
         return cls(ends, starts, [t for _, t in parsed[:n]], list(labels).index("O"))
 
+    def on(self, device):
+        """``ends`` and ``starts`` as bool tensors on ``device`` (made once per device)."""
+        import torch
 
-def span_words(preds: np.ndarray, row_first_word: np.ndarray, tables: SpanTables):
-    """``(first word, end word (exclusive), label id of the last word)`` of every entity of every row, in order:
-    ``common.spans.tags_to_spans`` (seqeval's ``get_entities``) over all rows' tags at once."""
-    nw = len(preds)
+        cache = self.__dict__.setdefault("_on", {})
+        key = str(device)
+        if key not in cache:
+            cache[key] = (torch.from_numpy(self.ends).to(device), torch.from_numpy(self.starts).to(device))
+        return cache[key]
+
+
+def span_words(preds, row_first_word, tables: SpanTables):
+    """``(first word, end word (exclusive), label id of the last word)`` of every entity of every row, in order,
+    as int64 tensors on ``preds``' device: ``common.spans.tags_to_spans`` (seqeval's ``get_entities``) over all
+    rows' tags at once, read off the transition table."""
+    import torch
+
+    preds = torch.as_tensor(preds)
+    dev = preds.device
+    rf = torch.as_tensor(row_first_word, device=dev).long()
+    nw = preds.numel()
     if nw == 0:
-        return (np.zeros(0, dtype=np.int64),) * 3
-    rf = row_first_word
-    nonempty = rf[:-1] < rf[1:]
-    prev = np.empty(nw, dtype=np.int64)
-    prev[1:] = preds[:-1]
-    prev[rf[:-1][nonempty]] = len(tables.types)  # the state before a row
-    nxt = np.empty(nw, dtype=np.int64)
-    nxt[:-1] = preds[1:]
-    nxt[rf[1:][nonempty] - 1] = tables.outside  # get_entities appends an "O"
-    end_here = np.flatnonzero(tables.ends[preds, nxt])  # an entity ends at this word
-    last_start = np.maximum.accumulate(np.where(tables.starts[prev, preds], np.arange(nw), -1))
-    own_first = np.repeat(rf[:-1], np.diff(rf))
-    begin = np.maximum(last_start[end_here], own_first[end_here])
-    return begin, end_here + 1, preds[end_here]
+        return (torch.zeros(0, dtype=torch.long, device=dev),) * 3
+    ends, starts = tables.on(dev)
+    # word w starts a row when w is some row's first word, ends one when w + 1 is (empty rows add nothing new)
+    first = torch.zeros(nw + 1, dtype=torch.bool, device=dev).index_fill_(0, rf[:-1], True)[:nw]
+    last = torch.zeros(nw + 1, dtype=torch.bool, device=dev).index_fill_(0, rf[1:], True)[1:]
+    prev = torch.where(first, len(tables.types), preds.roll(1))  # the state before a row
+    nxt = torch.where(last, tables.outside, preds.roll(-1))  # get_entities appends an "O"
+    end_here = ends[preds, nxt].nonzero().flatten()  # an entity ends at this word
+    at = torch.arange(nw, device=dev)
+    last_start = torch.where(starts[prev, preds], at, -1).cummax(0).values
+    own_first = rf[torch.searchsorted(rf, end_here, right=True) - 1]
+    begin = torch.maximum(last_start[end_here], own_first)
+    return begin, end_here + 1, preds[end_here].long()
+
+
+def span_means(probs, begin, end):
+    """``probs[a:b].mean()`` of every span, bit for bit as numpy computes it for each float32 slice (its
+    pairwise summation: sequential below 8 values, 8 interleaved sums up to 128, halves above), as tensor ops
+    on ``probs``' device."""
+    import torch
+
+    length = end - begin
+    out = torch.empty(len(begin), dtype=torch.float32, device=probs.device)
+    if not len(begin):
+        return out
+    width = min(int(length.max()), 128)
+    at = torch.arange(width, device=probs.device)
+    x = probs[(begin[:, None] + at).clamp(max=len(probs) - 1)]
+    x = torch.where(at < length[:, None], x, 0.0)  # adding 0.0 leaves every partial sum as it is
+    seq = torch.zeros_like(out)
+    for i in range(min(width, 7)):
+        seq = seq + x[:, i]
+    if width >= 8:
+        blocks = length // 8
+        r = x[:, :8]
+        for b in range(1, width // 8):
+            r = r + torch.where((b < blocks)[:, None], x[:, 8 * b:8 * b + 8], 0.0)
+        pw = ((r[:, 0] + r[:, 1]) + (r[:, 2] + r[:, 3])) + ((r[:, 4] + r[:, 5]) + (r[:, 6] + r[:, 7]))
+        for k in range(7):
+            i = 8 * blocks + k
+            pw = pw + torch.where(i < length, x.gather(1, i.clamp(max=width - 1)[:, None])[:, 0], 0.0)
+        seq = torch.where(length < 8, seq, pw)
+    out = seq / length.float()
+    if width == 128 and bool((length > 128).any()):  # long entities: one gather per distinct length
+        for n in torch.unique(length[length > 128]).tolist():
+            sel = (length == n).nonzero().flatten()
+            out[sel] = _pairwise_sum(probs[begin[sel, None] + torch.arange(n, device=probs.device)]) / n
+    return out
+
+
+def _pairwise_sum(x):
+    """numpy's float32 pairwise sum of each row of ``x`` [spans, n]."""
+    import torch
+
+    n = x.size(1)
+    if n < 8:
+        res = torch.zeros(x.size(0), dtype=x.dtype, device=x.device)
+        for i in range(n):
+            res = res + x[:, i]
+        return res
+    if n <= 128:
+        full = n - n % 8
+        r = x[:, :8]
+        for i in range(8, full, 8):
+            r = r + x[:, i:i + 8]
+        res = ((r[:, 0] + r[:, 1]) + (r[:, 2] + r[:, 3])) + ((r[:, 4] + r[:, 5]) + (r[:, 6] + r[:, 7]))
+        for i in range(full, n):
+            res = res + x[:, i]
+        return res
+    half = n // 2 - (n // 2) % 8
+    return _pairwise_sum(x[:, :half]) + _pairwise_sum(x[:, half:])
+
+
+@dataclass
+class FoundSpans:
+    """The entities of a buffer as flat host arrays, in order: row, first word, end word (exclusive, both over
+    the buffer's flat word list), label id, score."""
+
+    row: np.ndarray
+    begin: np.ndarray
+    end: np.ndarray
+    label: np.ndarray
+    score: np.ndarray  # float32
+    missing_words: int = 0
+    """Words that got no prediction (0 unless the windows do not cover every word)."""
+
+
+def find_spans(label_ids, probs, row_first_word, tables: SpanTables) -> FoundSpans:
+    """Per-word predictions (tensors on the model's device; -1: no prediction) to entity spans, computed where
+    the predictions are and brought to the host in one copy."""
+    import torch
+
+    rf = torch.as_tensor(row_first_word).to(label_ids.device, non_blocking=True)
+    begin, end, label = span_words(label_ids.clamp(min=0), rf, tables)
+    score = span_means(probs, begin, end)
+    row = torch.searchsorted(rf, begin, right=True) - 1
+    missing = (label_ids < 0).sum().view(1).int()
+    packed = torch.cat([torch.stack([row.int(), begin.int(), end.int(), label.int(), score.view(torch.int32)])
+                        .flatten(), missing]).cpu().numpy()
+    cols = packed[:-1].reshape(5, -1)
+    return FoundSpans(cols[0].astype(np.int64), cols[1].astype(np.int64), cols[2].astype(np.int64),
+                      cols[3].astype(np.int64), cols[4].view(np.float32), int(packed[-1]))
 
 
 class TextTagger:
@@ -205,66 +312,70 @@ class TextTagger:
     # ------------------------------------------------------------------ model side
     def predict(self, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:
         """Per-word (label id, probability) over the buffer's flat word list."""
-        flat = self._predict(prep)
+        flat = self._predict(prep).to_host()
+        self._check_covered(int((flat.label_ids < 0).sum()))
         return flat.label_ids, flat.probs
 
     def _predict(self, prep: Prepared, distributions: bool = False):
         import torch
 
-        from taggers.predict import predict_batches
+        from taggers.predict import predict_on_device
 
-        flat = predict_batches(self.model, prep.batches, torch.from_numpy(prep.chunk_first_word), prep.num_words,
-                               self.device, self.precision, distributions)
-        if prep.num_words and flat.label_ids.min() < 0:
-            missing = int((flat.label_ids < 0).sum())
+        return predict_on_device(self.model, prep.batches, torch.from_numpy(prep.chunk_first_word), prep.num_words,
+                                 self.device, self.precision, distributions)
+
+    @staticmethod
+    def _check_covered(missing: int) -> None:
+        if missing:
             raise AssertionError(f"{missing} words got no prediction (windows do not cover every word)")
-        return flat
 
     def run(self, prep: Prepared, word_probs: bool = False) -> Tagged:
         """Entities of every text of the buffer, in order; with ``word_probs`` also every row's words and each
         word's probabilities over the labels (a teacher's output for distillation)."""
+        return self.entities(prep, *self.run_spans(prep, word_probs))
+
+    def run_spans(self, prep: Prepared, word_probs: bool = False):
+        """The model side of :meth:`run`: the buffer's spans as flat arrays (and with ``word_probs`` every word's
+        distribution), decoded on the model's device and copied to the host once."""
         flat = self._predict(prep, word_probs)
-        tagged = self.spans(prep, flat.label_ids, flat.probs)
-        if word_probs:
+        found = find_spans(flat.label_ids, flat.probs, prep.row_first_word, self._tables)
+        self._check_covered(found.missing_words)
+        return found, (flat.distributions.cpu().numpy() if word_probs else None)
+
+    def entities(self, prep: Prepared, found: FoundSpans, distributions: np.ndarray | None = None) -> Tagged:
+        """The host side of :meth:`run`: spans to character offsets, texts and scores as Arrow columns (and the
+        words and their distributions)."""
+        tagged = self._tagged(prep, found)
+        if distributions is not None:
             rf = pa.array(prep.row_first_word.astype(np.int32))
             word_row = np.repeat(np.arange(prep.num_rows), np.diff(prep.row_first_word))
             words = _substrings(prep.texts, word_row, prep.word_start, prep.word_end)
             tagged.words = pa.ListArray.from_arrays(rf, words, type=WORDS_TYPE)
-            dists = pa.FixedSizeListArray.from_arrays(pa.array(flat.distributions.ravel(), pa.float32()),
+            dists = pa.FixedSizeListArray.from_arrays(pa.array(distributions.ravel(), pa.float32()),
                                                       len(self.labels))
             tagged.word_probs = pa.ListArray.from_arrays(rf, dists, type=word_probs_type(len(self.labels)))
         return tagged
 
-    def spans(self, prep: Prepared, preds: np.ndarray, probs: np.ndarray) -> Tagged:
-        """Word predictions to entities: spans, character offsets, texts and scores as Arrow columns."""
-        rf = prep.row_first_word
-        begin, end, label = span_words(preds, rf, self._tables)
-        row = np.searchsorted(rf, begin, side="right") - 1
+    def spans(self, prep: Prepared, preds, probs) -> Tagged:
+        """Word predictions (arrays or tensors) to entities: spans, character offsets, texts and scores."""
+        import torch
+
+        return self._tagged(prep, find_spans(torch.as_tensor(preds), torch.as_tensor(probs), prep.row_first_word,
+                                             self._tables))
+
+    def _tagged(self, prep: Prepared, found: FoundSpans) -> Tagged:
+        row = found.row
         offsets = np.zeros(prep.num_rows + 1, dtype=np.int32)
         np.cumsum(np.bincount(row, minlength=prep.num_rows), out=offsets[1:])
-        start = prep.word_start[begin]
-        stop = prep.word_end[end - 1]
-        score = _span_means(probs, begin, end)
-        types = pa.DictionaryArray.from_arrays(pa.array(label.astype(np.int32)), self._types).cast(pa.string())
+        start = prep.word_start[found.begin]
+        stop = prep.word_end[found.end - 1]
+        types = pa.DictionaryArray.from_arrays(pa.array(found.label.astype(np.int32)), self._types).cast(pa.string())
         return Tagged(offsets, start.astype(np.int32), stop.astype(np.int32), types,
-                      _substrings(prep.texts, row, start, stop), score, prep.num_words)
+                      _substrings(prep.texts, row, start, stop), found.score, prep.num_words)
 
     def tag(self, texts: Sequence) -> list[list[dict]]:
         """Convenience: ``[[{"start", "end", "label", "text", "score"}, ...] per text]``."""
         return self.run(self.prepare(texts)).to_pylist()
-
-
-def _span_means(probs: np.ndarray, begin: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """``probs[a:b].mean()`` of every span, bit for bit as numpy computes it for each slice (float32)."""
-    out = np.empty(len(begin), dtype=np.float32)
-    n = end - begin
-    for length in np.unique(n).tolist():
-        sel = np.flatnonzero(n == length)
-        if length <= 64:  # a [spans, length] mean reduces each row as the 1-d mean does
-            out[sel] = probs[begin[sel, None] + np.arange(length)[None, :]].mean(axis=1)
-        else:
-            out[sel] = [probs[a:b].mean() for a, b in zip(begin[sel].tolist(), end[sel].tolist())]
-    return out
 
 
 def _substrings(texts: list, row: np.ndarray, start: np.ndarray, stop: np.ndarray) -> pa.Array:

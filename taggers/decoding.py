@@ -3,7 +3,6 @@ decodes both the CRF and the per-piece probabilities of taggers without a CRF.""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 from torchcrf import CRF
@@ -76,7 +75,9 @@ class ConstrainedCRF(CRF):
         gold = (emissions.gather(2, tags[..., None])[..., 0] * mask).sum(1)
         gold = gold + (transitions[tags[:, :-1], tags[:, 1:]] * mask[:, 1:]).sum(1)
         gold = gold + start[tags[:, 0]] + end[tags[rows, mask.sum(1) - 1]]
-        return gold - _LogPartition.apply(emissions, mask, transitions, start, end)
+        log_z = (_LogPartition.apply if emissions.device.type == "cpu" else log_partition_scan)(
+            emissions, mask, transitions, start, end)
+        return gold - log_z
 
 
 def crf_marginals(emissions: torch.Tensor, mask: torch.Tensor, transitions: torch.Tensor, start: torch.Tensor,
@@ -166,46 +167,72 @@ class _LogPartition(torch.autograd.Function):
                 marginals[rows, lat.lengths - 1].sum(0).to(dtype))
 
 
-def compact(mask: torch.Tensor):
-    """Indices that move the True positions of each row to the left: (index [B, S], valid [B, S])."""
+def log_partition_scan(emissions: torch.Tensor, mask: torch.Tensor, transitions: torch.Tensor, start: torch.Tensor,
+                       end: torch.Tensor) -> torch.Tensor:
+    """log Z of each row (the :class:`_LogPartition` value, differentiable by autograd) in O(log steps) launches:
+    the positions' transfer matrices multiplied pairwise, level by level (a tree over positions), in log space
+    (log-sum-exp products: exact for any emissions) and float64; positions past a row's length are the identity.
+    It does C times the arithmetic of the per-position loop and more memory, so the CRF uses it off the CPU only,
+    where the loop's launches, not the arithmetic, cost."""
+    n, steps, c = emissions.shape
+    em = emissions.double()
+    transitions, start, end = transitions.double(), start.double(), end.double()
+    eye = torch.full((c, c), float("-inf"), dtype=em.dtype, device=em.device)
+    eye.diagonal().zero_()
+    m = torch.where(mask[:, 1:, None, None], transitions + em[:, 1:, None, :], eye)  # [n, steps - 1, from, to]
+    while m.size(1) > 1:
+        if m.size(1) % 2:
+            m = torch.cat([m, eye.expand(n, 1, c, c)], 1)
+        m = torch.logsumexp(m[:, 0::2, :, :, None] + m[:, 1::2, None, :, :], dim=-2)
+    alpha = start + em[:, 0]
+    if m.size(1):
+        alpha = torch.logsumexp(alpha[:, :, None] + m[:, 0], dim=1)
+    return torch.logsumexp(alpha + end, dim=-1).to(emissions.dtype)
+
+
+def compact(mask: torch.Tensor, full_width: bool = False):
+    """Indices that move the True positions of each row to the left: (index [B, W], valid [B, W]); W is the
+    longest row's count, or with ``full_width`` all S positions (no device sync to read the count)."""
     counts = mask.sum(1)
-    width = max(int(counts.max()), 1)
+    width = mask.size(1) if full_width else max(int(counts.max()), 1)
     # stable sort puts True (key 0) before False (key 1), preserving order
     order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
     valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
     return order, valid
 
 
-def viterbi(scores, mask, transitions, start, end=None) -> np.ndarray:
-    """Best tag path per row: [n, steps] (positions past a row's length repeat its last tag).
+@torch.no_grad()
+def viterbi(scores: torch.Tensor, mask: torch.Tensor, transitions: torch.Tensor, start: torch.Tensor,
+            end: torch.Tensor | None = None) -> torch.Tensor:
+    """Best tag path per row: int64 [n, steps] on ``scores``' device (positions past a row's length repeat its
+    last tag).
 
     ``scores`` [n, steps, C] (emissions, or log-probabilities) and ``mask`` [n, steps] are left-aligned
     (valid positions first); ``transitions`` [C, C] (from, to), ``start`` and ``end`` [C] are added scores,
     as in a linear-chain CRF (-10000 forbids a move).  Serves both the CRF's decoding and the IOB2-constrained
-    best path of taggers without one.  In numpy with a vectorised backtrace: a per-position loop of small
-    torch ops is several times slower on a CPU, and pytorch-crf's per-row backtrace reads every tag with
-    ``.item()`` (a device sync each on a GPU).
+    best path of taggers without one.  Tensor ops only, so on a GPU it queues behind the model without a
+    device sync (pytorch-crf's per-row backtrace reads every tag with ``.item()``); ties go to the lowest tag.
     """
-    as_np = (lambda x: x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
-    scores, mask, transitions, start = map(as_np, (scores, mask, transitions, start))
     n, steps, c = scores.shape
-    score = scores[:, 0] + start
-    ident = np.broadcast_to(np.arange(c), (n, c))
-    history = np.empty((n, steps, c), dtype=np.int64)
-    history[:, 0] = ident
+    dev = scores.device
+    transitions, start = transitions.to(dev, scores.dtype), start.to(dev, scores.dtype)
+    lengths = mask.to(dev).sum(1)
+    # every row runs to the full width (3 launches a position, no masking); a row's result is read at its own
+    # last position, and the backtrace holds its tag past it
+    score = torch.empty((steps, n, c), dtype=scores.dtype, device=dev)
+    history = torch.empty((steps, n, c), dtype=torch.long, device=dev)
+    torch.add(scores[:, 0], start, out=score[0])
     for t in range(1, steps):
-        cand = score[:, :, None] + transitions[None]  # [n, from, to]
-        idx = cand.argmax(1)
-        best = np.take_along_axis(cand, idx[:, None, :], 1)[:, 0]
-        m = mask[:, t, None]
-        score = np.where(m, best + scores[:, t], score)
-        history[:, t] = np.where(m, idx, ident)
+        torch.max(score[t - 1, :, :, None] + transitions, 1, out=(score[t], history[t]))  # best previous tag
+        score[t] += scores[:, t]
+    final = score[(lengths - 1).clamp(min=0), torch.arange(n, device=dev)]
     if end is not None:
-        score = score + as_np(end)
-    last = score.argmax(-1)
-    path = np.empty((n, steps), dtype=np.int64)
-    path[:, -1] = last
+        final = final + end.to(dev, scores.dtype)
+    last = final.argmax(-1, keepdim=True)
+    live = torch.arange(steps, device=dev)[:, None, None] < lengths[None, :, None]  # [steps, n, 1]
+    path = torch.empty((steps, n), dtype=torch.long, device=dev)
+    path[-1] = last[:, 0]
     for t in range(steps - 1, 0, -1):
-        last = history[np.arange(n), t, last]
-        path[:, t - 1] = last
-    return path
+        last = torch.where(live[t], history[t].gather(1, last), last)
+        path[t - 1] = last[:, 0]
+    return path.t()

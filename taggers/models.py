@@ -141,6 +141,8 @@ class TaggerBase(nn.Module):
         the CRF's negative log-likelihood) and teacher distributions ``soft_labels`` (distillation: the
         cross-entropy against the teacher's probabilities, on the per-piece softmax, with or without a CRF)."""
         labels, soft = batch.get("labels"), batch.get("soft_labels")
+        if logits.device.type != "cpu" and (labels is not None or soft is not None):
+            return self._loss_without_sync(logits, labels, soft)
         hard_n = int((labels != IGNORE_INDEX).sum()) if labels is not None else 0
         hard = None
         if hard_n:
@@ -161,6 +163,28 @@ class TaggerBase(nn.Module):
         nll = -self.crf(em[keep], tags[keep], valid[keep]).sum()
         return nll / valid.sum()
 
+    def _loss_without_sync(self, logits, labels, soft):
+        """:meth:`loss` without reading a count on the host (a device sync each, on a GPU): sums over every
+        row at full width, masked, divided by the trained pieces (0 when none, instead of None); the same value
+        up to the order of the float sums."""
+        total = logits.new_zeros((), dtype=torch.float32)
+        count = torch.zeros((), dtype=torch.long, device=logits.device)
+        if labels is not None:
+            labelled = labels != IGNORE_INDEX
+            if self.crf is not None:
+                order, valid = compact(labelled, full_width=True)
+                em = logits.float().gather(1, order[..., None].expand(-1, -1, logits.size(-1)))
+                tags = labels.gather(1, order).clamp(min=0)
+                total = total - (self.crf(em, tags, valid) * valid[:, 0]).sum()  # rows without labels weigh 0
+            else:
+                total = total + nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                                                            ignore_index=IGNORE_INDEX, reduction="sum")
+            count = count + labelled.sum()
+        if soft is not None:  # untaught pieces have all-zero teacher distributions: they add nothing
+            total = total - (soft * logits.float().log_softmax(-1)).sum()
+            count = count + (soft.sum(-1) > 0).sum()
+        return total / count.clamp(min=1)
+
     def piece_distributions(self, batch, outputs) -> torch.Tensor:
         """Per-piece probabilities over the labels [B, T, C], what a teacher teaches (distillation): the
         softmax, or with a CRF its posterior marginals over each window's scored pieces."""
@@ -177,38 +201,48 @@ class TaggerBase(nn.Module):
         return probs
 
     @torch.no_grad()
-    def decode(self, batch, outputs):
+    def decode(self, batch, outputs, all_rows: bool | None = None):
         """Per-piece (predicted class, its probability).
 
         With a CRF: its Viterbi path.  Without: the IOB2-constrained best path
         over the softmax (``constrained_decoding``), or the plain argmax.
+        ``all_rows`` (default: off a CPU) decodes every row at full width instead of picking the rows that need
+        it: the same result, more arithmetic, and no device sync, so a GPU queues the next batch meanwhile.
         """
         logits = outputs["logits"].float()
         probs = logits.softmax(-1)
         if self.crf is None and not self.constrained_decoding:
             p, pred = probs.max(-1)
             return pred, p
+        if all_rows is None:
+            all_rows = logits.device.type != "cpu"
         pred = probs.argmax(-1)
-        order, valid = compact(batch["scored"])
+        order, valid = compact(batch["scored"], full_width=all_rows)
         keep = valid[:, 0]
-        if self.crf is not None:
-            rows = keep.nonzero().flatten()
-        else:
+        if self.crf is None:
             # the constrained best path is the argmax path wherever that is already valid IOB2:
-            # Viterbi only runs on the rows where it is not
+            # Viterbi only changes the rows where it is not
             seq = pred.gather(1, order)
             allowed, starts = self.allowed_transitions, self.allowed_starts
             bad = (~starts[seq[:, 0]] & valid[:, 0]) | (~allowed[seq[:, :-1], seq[:, 1:]] & valid[:, 1:]).any(1)
-            rows = (bad & keep).nonzero().flatten()
-        if len(rows):
-            em = _gather_rows(logits, rows, order)
-            if self.crf is not None:
-                path = viterbi(em, valid[rows], self.crf.transitions, self.crf.start_transitions,
-                               self.crf.end_transitions)
-            else:
-                path = viterbi(em.log_softmax(-1), valid[rows], self.transition_penalty, self.start_penalty)
-            _scatter_rows(pred, rows, order, valid, torch.as_tensor(path, device=pred.device))
+        if all_rows:
+            em = logits.gather(1, order[..., None].expand(-1, -1, logits.size(-1)))
+            path = self._best_paths(em, valid)
+            if self.crf is None:
+                path = torch.where(bad[:, None], path, seq)
+            pred = pred.scatter(1, order, torch.where(valid, path, pred.gather(1, order)))
+        else:
+            rows = (keep if self.crf is not None else bad & keep).nonzero().flatten()
+            if len(rows):
+                _scatter_rows(pred, rows, order, valid, self._best_paths(_gather_rows(logits, rows, order),
+                                                                         valid[rows]))
         return pred, probs.gather(-1, pred[..., None]).squeeze(-1)
+
+    def _best_paths(self, em, valid):
+        """The Viterbi path of left-aligned rows of logits: the CRF's, or the IOB2-constrained softmax's."""
+        if self.crf is not None:
+            return viterbi(em, valid, self.crf.transitions, self.crf.start_transitions, self.crf.end_transitions)
+        return viterbi(em.log_softmax(-1), valid, self.transition_penalty, self.start_penalty)
 
 
 def _gather_rows(logits, rows, order):
@@ -350,7 +384,9 @@ class BiLSTMTagger(TaggerBase):
         if self.casing is not None:
             x = torch.cat([x, self.casing(batch["casing"])], dim=-1)
         x = self.input_dropout(x)
-        lengths = batch["attention_mask"].sum(1).cpu()
+        # pack_padded_sequence wants the lengths on the host: from the host's copy of the mask, when the batch
+        # carries one, rather than a device sync
+        lengths = batch["host_lengths"] if "host_lengths" in batch else batch["attention_mask"].sum(1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.size(1))

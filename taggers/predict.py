@@ -11,6 +11,7 @@ every prediction.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -55,12 +56,44 @@ class WordPredictions:
         return self.correct_pieces / self.labelled_pieces if self.labelled_pieces else 0.0
 
 
+@dataclass
+class DevicePredictions:
+    """:class:`FlatPredictions` as tensors still on the model's device (nothing copied to the host yet)."""
+
+    label_ids: torch.Tensor  # int64 [words], -1 where a word got none
+    probs: torch.Tensor  # float32 [words]
+    correct_pieces: torch.Tensor
+    labelled_pieces: torch.Tensor
+    distributions: torch.Tensor | None = None
+
+    def to_host(self) -> FlatPredictions:
+        return FlatPredictions(self.label_ids.cpu().numpy(), self.probs.cpu().numpy(), int(self.correct_pieces),
+                               int(self.labelled_pieces),
+                               None if self.distributions is None else self.distributions.cpu().numpy())
+
+
+def on_device_ahead(batches: Iterable[dict[str, torch.Tensor]], device: torch.device, ahead: int = 2):
+    """``batches`` copied to ``device`` (``non_blocking``: from pinned memory the copy overlaps the model), each
+    copy issued ``ahead`` batches before the model needs it.  On a CPU the tensors pass as they are."""
+    pending: deque = deque()
+    for cpu_batch in batches:
+        batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
+        if torch.device(device).type != "cpu" and "attention_mask" in cpu_batch:
+            batch["host_lengths"] = cpu_batch["attention_mask"].sum(1)  # what a BiLSTM packs by, on the host
+        pending.append(batch)
+        if len(pending) > ahead:
+            yield pending.popleft()
+    while pending:
+        yield pending.popleft()
+
+
 @torch.inference_mode()
-def predict_batches(model, batches: Iterable[dict[str, torch.Tensor]], sentence_first_word: torch.Tensor,
-                    num_words: int, device: torch.device, precision: str = "fp32",
-                    distributions: bool = False) -> FlatPredictions:
+def predict_on_device(model, batches: Iterable[dict[str, torch.Tensor]], sentence_first_word: torch.Tensor,
+                      num_words: int, device: torch.device, precision: str = "fp32",
+                      distributions: bool = False) -> DevicePredictions:
     """Run ``model`` over collated ``batches``; word ``w`` of sentence ``s`` lands at ``sentence_first_word[s] + w``.
-    With ``distributions``, also each word's probabilities over all labels (a teacher's signal)."""
+    With ``distributions``, also each word's probabilities over all labels (a teacher's signal).  Nothing here
+    waits for the device (decoding included, see ``TaggerBase.decode``): the results stay on it."""
     was_training = model.training
     model.eval()
     # one slot more than there are words: pieces that own no word are written there, so the scatter needs no
@@ -72,8 +105,7 @@ def predict_batches(model, batches: Iterable[dict[str, torch.Tensor]], sentence_
     labelled = torch.zeros((), dtype=torch.long, device=device)
     dists = (torch.zeros((num_words + 1, len(model.labels)), dtype=torch.float32, device=device) if distributions
              else None)
-    for cpu_batch in batches:
-        batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
+    for batch in on_device_ahead(batches, device):
         with autocast(device, precision):
             outputs = model(batch)
         pred, prob = model.decode(batch, outputs)
@@ -88,8 +120,15 @@ def predict_batches(model, batches: Iterable[dict[str, torch.Tensor]], sentence_
         if dists is not None:
             dists[flat] = model.piece_distributions(batch, outputs)
     model.train(was_training)
-    return FlatPredictions(label_ids[:-1].cpu().numpy(), probs[:-1].cpu().numpy(), int(correct), int(labelled),
-                           None if dists is None else dists[:-1].cpu().numpy())
+    return DevicePredictions(label_ids[:-1], probs[:-1], correct, labelled, None if dists is None else dists[:-1])
+
+
+def predict_batches(model, batches: Iterable[dict[str, torch.Tensor]], sentence_first_word: torch.Tensor,
+                    num_words: int, device: torch.device, precision: str = "fp32",
+                    distributions: bool = False) -> FlatPredictions:
+    """:func:`predict_on_device`, copied to the host."""
+    return predict_on_device(model, batches, sentence_first_word, num_words, device, precision,
+                             distributions).to_host()
 
 
 def predict_windows(model, windows: Sequence[EncodedWindow], sentence_lengths: Sequence[int],

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO_ROOT.parent / "shared" / "corpus"
@@ -439,7 +440,7 @@ def test_encoder_pickles_without_torch(tiny_export):
 def test_spans_match_tags_to_spans(labels):
     """Span decoding over all rows at once equals the per-row seqeval reading; long entities, rows without
     words, non-ASCII texts; scores bit for bit."""
-    from infer.tagger import SpanTables, _span_means, _substrings, span_words
+    from infer.tagger import SpanTables, _substrings, span_means, span_words
 
     rng = np.random.default_rng(len(labels))
     texts = tricky_texts() + ["x " * 200, "é" * 30 + " y" * 100]
@@ -459,12 +460,13 @@ def test_spans_match_tags_to_spans(labels):
             enumerate(zip(buf.row_first_word[:-1], buf.row_first_word[1:]))]
     want = reference_spans(labels, preds, probs, texts, buf.row_first_word.tolist(), starts, ends)
     tables = SpanTables.of(labels)
-    begin, end, label = span_words(preds, buf.row_first_word, tables)
+    begin, end, label = span_words(torch.from_numpy(preds), torch.from_numpy(buf.row_first_word), tables)
+    scores = span_means(torch.from_numpy(probs), begin, end).numpy()
+    begin, end, label = begin.numpy(), end.numpy(), label.numpy()
     row = np.searchsorted(buf.row_first_word, begin, side="right") - 1
     local_start = buf.word_start[begin] - buf.text_start[row]
     local_end = buf.word_end[end - 1] - buf.text_start[row]
     got = [[] for _ in texts]
-    scores = _span_means(probs, begin, end)
     entity_texts = _substrings(texts, row, local_start, local_end).to_pylist()
     for k in range(len(begin)):
         got[row[k]].append({"start": int(local_start[k]), "end": int(local_end[k]), "label": tables.types[label[k]],
@@ -512,3 +514,50 @@ def test_host_workers_give_the_same_output(tiny_export, tmp_path):
         outs.append(ds.dataset(str(out), format="parquet").to_table())
     assert outs[0].equals(outs[1])
     assert outs[0].column("id").to_pylist() == list(range(len(texts)))
+
+
+def test_span_means_are_numpy_means_bit_for_bit():
+    """Every span length from 1 to 300 (numpy's sequential, 8-way and halved summations), mixed in one call."""
+    from infer.tagger import span_means
+
+    rng = np.random.default_rng(7)
+    probs = rng.random(5000).astype(np.float32)
+    length = np.concatenate([np.arange(1, 301), rng.integers(1, 20, 200)])
+    begin = rng.integers(0, len(probs) - length)
+    got = span_means(torch.from_numpy(probs), torch.from_numpy(begin), torch.from_numpy(begin + length)).numpy()
+    want = np.array([probs[a:a + n].mean() for a, n in zip(begin, length)], dtype=np.float32)
+    assert np.array_equal(got, want)
+
+
+def _real_rows(n: int) -> list:
+    """The first ``n`` rows of the shared news corpus, or (without it) tricky and fuzzed texts."""
+    if (SHARED_CORPUS / "news_sentences.parquet").exists():
+        import pyarrow.parquet as pq
+
+        return pq.read_table(SHARED_CORPUS / "news_sentences.parquet", columns=["text"]).slice(0, n) \
+            .column("text").to_pylist()
+    return tricky_texts() + fuzz_texts(5, n)
+
+
+@pytest.mark.parametrize("name", ["bert_extras", "bilstm"])
+def test_device_decoding_equals_the_numpy_path_on_real_rows(tiny_exports, name, monkeypatch):
+    """CRF exports on real rows: the spans decoded in tensor ops (Viterbi, span table, scores) equal the former
+    path, the numpy Viterbi and the per-row seqeval reading with numpy means; decoding every row at full width
+    (the GPU's way) gives the same output too."""
+    import taggers.models as tm
+    from infer.tagger import TextTagger
+    from test_decoding import viterbi_reference
+
+    tagger = TextTagger.from_export(str(tiny_exports[name] / "export"), "cpu", precision="fp32")
+    texts = _real_rows(1500)
+    prep = tagger.prepare(texts)
+    got = tagger.run(prep).to_pylist()
+    with monkeypatch.context() as m:
+        m.setattr(tm, "viterbi", lambda *a: torch.from_numpy(viterbi_reference(*a)))
+        preds, probs = tagger.predict(prep)
+    _, _, row_first, starts, ends = reference_prepare(tagger.windower, texts, tagger.batch_tokens)
+    assert got == reference_spans(tagger.labels, preds, probs, texts, row_first, starts, ends)
+    assert sum(map(len, got)) > 100
+    decode = tm.TaggerBase.decode
+    monkeypatch.setattr(tm.TaggerBase, "decode", lambda self, b, o: decode(self, b, o, all_rows=True))
+    assert tagger.run(prep).to_pylist() == got

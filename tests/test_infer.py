@@ -255,19 +255,19 @@ def test_refuses_folder_of_another_model(tiny_exports, sample_input, bert_refere
 
 
 # ------------------------------------------------------------------ resume and sharding
-# ner-tag, killed with SIGKILL when it is about to tag a buffer after KILL_AFTER rows were tagged
+# ner-tag, killed with SIGKILL when its output stage is about to write a buffer after KILL_AFTER rows were written
 _KILLED_TAGGER = """
 import os, signal, sys
 from infer import tagger
-tagged_rows = 0
-tag_buffer = tagger.TextTagger.run
-def run(self, prep, *args):
-    global tagged_rows
-    if tagged_rows >= int(os.environ["KILL_AFTER"]):
+written_rows = 0
+write_buffer = tagger.TextTagger.entities
+def entities(self, prep, *args):
+    global written_rows
+    if written_rows >= int(os.environ["KILL_AFTER"]):
         os.kill(os.getpid(), signal.SIGKILL)
-    tagged_rows += prep.num_rows
-    return tag_buffer(self, prep, *args)
-tagger.TextTagger.run = run
+    written_rows += prep.num_rows
+    return write_buffer(self, prep, *args)
+tagger.TextTagger.entities = entities
 from infer.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -283,3 +283,32 @@ def test_array_task_rerun_with_another_world_size_leaves_no_gap(tiny_exports, tm
     assert _summary(out)["this_run"]["parts"] == 0 and _summary(out)["total"]["complete"]
     assert sorted(_parts(out)) == [f"part-{i:06d}.parquet" for i in range(10)]
     assert read_output(out).equals(read_output(reference))
+
+
+# ------------------------------------------------------------------ 8. the output stage
+def test_a_failing_writer_is_one_clear_error_and_the_rerun_resumes(tiny_exports, small_input, small_reference,
+                                                                   tmp_path, capsys, monkeypatch):
+    """The Parquet writer (in the output thread) fails on the second part, as on a full disk: one error line
+    naming the part, exit 4, the first part kept, no temporary file left; the re-run writes the rest."""
+    import errno
+
+    from infer import output as out_utils
+
+    write = out_utils.PartWriter.write
+
+    def failing_write(self, table):
+        if self.part["index"] == 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(self, table)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(out_utils.PartWriter, "write", failing_write)
+    assert run_tag(tiny_exports["bert"] / "export", small_input, out) == 4
+    assert _error(capsys) == (f"ner-tag: error: --output {out}: cannot write part 1: No space left on device; "
+                              "finished parts are kept and a re-run resumes")
+    assert [p.name for p in out.glob("part-*.parquet")] == ["part-000000.parquet"]
+    assert not list(out.glob(".part-*"))
+    monkeypatch.setattr(out_utils.PartWriter, "write", write)
+    assert run_tag(tiny_exports["bert"] / "export", small_input, out) == 0
+    assert _summary(out)["this_run"]["parts"] == 2 and _summary(out)["total"]["complete"]
+    assert read_output(out).equals(read_output(small_reference))

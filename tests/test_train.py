@@ -259,3 +259,32 @@ def test_export_from_another_tag_set_is_refused(tmp_path, tiny_bert_dir, tiny_ex
 def test_bad_override_is_a_clear_error(tmp_path, tiny_data_json, capsys):
     err = _run_main_expect_error(["--data", str(tiny_data_json), "model.nope=1"], capsys)
     assert "unknown option model.nope" in err
+
+
+def test_logged_losses_equal_the_per_step_reads(tmp_path, tiny_bert_dir, tiny_data_json, monkeypatch):
+    """The training loss is summed on the device and read once per log row; each row's loss is still the mean
+    of the steps' losses as Python summed them when every step read its loss at once, bit for bit (log rows
+    every 2 steps, one across an epoch boundary)."""
+    from taggers.models import TaggerBase
+
+    seen: list[float] = []
+    forward = TaggerBase.forward
+
+    def recording_forward(self, batch):
+        out = forward(self, batch)
+        if self.training:
+            seen.append(float(out["loss"].detach()))
+        return out
+
+    monkeypatch.setattr(TaggerBase, "forward", recording_forward)
+    out = tmp_path / "run"
+    assert main(tiny_train_args(tiny_data_json, tiny_bert_dir, out, "train.log_every=2")) == 0
+    rows = [r for r in read_jsonl(out / "train_log.jsonl") if r["event"] == "step"]
+    assert len(rows) >= 3 and rows[-1]["step"] == len(seen)
+    previous = 0
+    for row in rows:
+        total = 0.0
+        for loss in seen[previous:row["step"]]:
+            total += loss
+        assert row["loss"] == total / (row["step"] - previous)
+        previous = row["step"]

@@ -92,7 +92,9 @@ class TrainState:
 class LogWindow:
     """Loss and tokens summed since the last ``step`` row of the training log."""
 
-    loss: float = 0.0
+    loss: float | torch.Tensor = 0.0
+    """Summed on the model's device in float64 (the sum Python's floats gave), read at the log row: no device
+    sync per step."""
     micro_batches: int = 0
     tokens: int = 0
     start_s: float = 0.0
@@ -296,12 +298,12 @@ class Trainer:
         torch.manual_seed(batch_seed(self.cfg.train.seed, self.state.epoch,
                                      (self.state.batch_in_epoch - 1) * self.info.world_size + self.info.rank))
         batch = collate_windows([self.windows["train"][i] for i in idx], self.windower.pad_id)
+        self.window.tokens += int(batch["attention_mask"].sum())  # counted on the host, before the copy
         batch = {k: v.to(self.info.device, non_blocking=True) for k, v in batch.items()}
         loss = self.engine.forward(batch)["loss"]
         self.engine.backward(loss, last_micro_step)
-        self.window.loss += float(loss.detach())
+        self.window.loss = self.window.loss + loss.detach().double()
         self.window.micro_batches += 1
-        self.window.tokens += int(batch["attention_mask"].sum())
         if last_micro_step:
             self.engine.step()
             self.state.step += 1
@@ -311,8 +313,10 @@ class Trainer:
     def log_step(self, progress) -> None:
         """One ``step`` row: mean loss and tokens/s since the last row, summed over ranks."""
         state, window = self.state, self.window
-        loss_sum, count, tokens = distributed.all_reduce_sum([window.loss, window.micro_batches, window.tokens],
-                                                             self.info)
+        t_wait = time.perf_counter()
+        loss = float(window.loss)  # waits for the device: its time counts as training time
+        state.train_time_s += time.perf_counter() - t_wait
+        loss_sum, count, tokens = distributed.all_reduce_sum([loss, window.micro_batches, window.tokens], self.info)
         row = {"event": "step", "step": state.step, "epoch": state.epoch, "loss": loss_sum / max(count, 1),
                "lr": self.engine.lr(), "tokens_per_s": tokens / (state.train_time_s - window.start_s),
                "elapsed_s": state.train_time_s}

