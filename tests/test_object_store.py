@@ -28,21 +28,7 @@ TEXTS = (["EU rejects German call to boycott British lamb.", None, "", "   \n\t"
          + [f"Angela Merkel visited Japan {i} times with the European Commission ." for i in range(34)])
 
 # ner-tag, killed with SIGKILL when it is about to tag a buffer after KILL_AFTER rows were tagged
-_KILLED_TAGGER = """
-import os, signal, sys
-from infer import tagger
-tagged_rows = 0
-tag_buffer = tagger.TextTagger.run
-def run(self, prep, *args):
-    global tagged_rows
-    if tagged_rows >= int(os.environ["KILL_AFTER"]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    tagged_rows += prep.num_rows
-    return tag_buffer(self, prep, *args)
-tagger.TextTagger.run = run
-from infer.__main__ import main
-sys.exit(main(sys.argv[1:]))
-"""
+from tests.test_infer import _KILLED_TAGGER  # noqa: E402 - killed inside the output stage, at a buffer
 
 
 def _free_port() -> int:
