@@ -1,4 +1,4 @@
-"""Issues 23 and 24 measured in one call on a lent GPU: tagging and training against plain PyTorch on the same
+"""Issues 23 and 24 measured in one call on a GPU machine: tagging and training against plain PyTorch on the same
 shapes, one table, and ``bench/results_gpu.json``.
 
 On the GPU machine (after ``bash bench/device/make_bundle.sh`` here, carrying ``.devcarry``)::

@@ -1,11 +1,11 @@
 #!/bin/bash
-# Issues 23 and 24 on the lent GPU in one call (<= 6 minutes of device time): ner-tag end to end for the BERT and
+# Issues 23 and 24 on a GPU machine without network access, in one call (<= 6 minutes of device time): ner-tag end to end for the BERT and
 # BiLSTM recipes on the news corpus written up to 10 times into one input, against the plain forward of the same
 # model; GPU busy %, first-batch time, time by stage; the GPU recipe trained to its test F1; the plain training
 # step against the trainer for the MiniLM-L6 and BERT-large shapes, MFU.  The table is printed last; the JSON
 # (bench/results_gpu.json's schema) and the logs come back in $OUT.
-# Here: bash bench/device/make_bundle.sh; then with the device tool, carry [".devcarry"]:
-#   bash bench/device/measure.sh
+# On a machine with network access: BASE=none bash bench/device/make_bundle.sh; copy the checkout with
+# .devcarry to the GPU machine, then there:  bash bench/device/measure.sh
 set -u
 . bench/device/prepare.sh
 OUT=${OUT:-/tmp/measure_out}
