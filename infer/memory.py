@@ -4,16 +4,15 @@ from __future__ import annotations
 
 MMAP_THRESHOLD = 64 * 1024 * 1024
 """Bytes from which glibc serves an allocation with its own mmap (returned to the system on free).  Large enough
-that a batch's activations come from the heap: at 16 MiB the feed-forward activations of a 4,096-piece fp32 batch
-(4,096 x 1,536 x 4 bytes, 25 MB) were fresh mmaps whose page faults cost the model alone 19% in fp32 (and 16 MiB
-was already 18% faster than 256 KiB).  Peak RSS at 10x the rows stays as it was (1.25x against 1.25-1.35x at
-16 MiB; glibc's dynamic threshold: 1.30x).  bench/results_infer.md, 2026-11-26."""
+that a batch's activations come from the heap: below it, the feed-forward activations of a large fp32 batch
+(4,096 pieces x 1,536 x 4 bytes, 25 MB) are fresh mmaps whose page faults slow the model down, while peak memory
+stays as it was (``bench/results_infer.md``)."""
 
 TRIM_THRESHOLD = 256 * 1024 * 1024
 """Free bytes at the top of the heap above which glibc shrinks it after a free.  A fixed mmap threshold leaves
 this at 128 KiB, so the heap was given back and faulted in again within every forward pass; memory is given
 back once per buffer instead (:func:`trim_malloc`).  With both settings the model runs as fast as under glibc's
-defaults (4,770 vs 4,729 / 4,633 words/s fp32; 16 MiB alone: 3,836 / 3,771)."""
+defaults (``bench/results_infer.md``)."""
 
 
 def bound_malloc() -> None:
@@ -21,8 +20,7 @@ def bound_malloc() -> None:
 
     glibc raises its mmap threshold each time a large block is freed, after
     which activations of every new batch shape are carved out of the heap and
-    fragment it: RSS then creeps up with the number of batches (about +50%
-    over a few thousand rows).  A fixed threshold (which also switches the
+    fragment it: RSS then creeps up with the number of batches.  A fixed threshold (which also switches the
     dynamic adjustment off) returns large blocks to the system on free, so
     peak memory stays flat however many rows are tagged.  No-op elsewhere.
     """

@@ -97,11 +97,10 @@ class _Lattice:
     position's forward vector rescaled to sum 1 (Rabiner's scaling), in float64.
 
     pytorch-crf computes the log-partition with a per-position loop of log-sum-exps that autograd records and
-    replays, and the gold path's score with another per-position loop: 25-37 ms a batch of the BERT recipe
-    (2,048 pieces, 9 tags) on this 2-core CPU, a step being ~600 ms. Here each position costs one [n, C] x [C, C]
-    product and a rescale, the gradient is the posterior marginals (no recorded loop): 9-14 ms
-    (``bench/experiments/train_micro.py``). float64 keeps exp() from underflowing for any emissions a tagger
-    produces (a difference of 700 between a position's scores would be needed).
+    replays, and the gold path's score with another per-position loop. Here each position costs one [n, C] x
+    [C, C] product and a rescale, and the gradient is the posterior marginals (no recorded loop); timings in
+    ``bench/results_train.md`` (``bench/experiments/train_micro.py``). float64 keeps exp() from underflowing for
+    any emissions a tagger produces (a difference of 700 between a position's scores would be needed).
     """
 
     def __init__(self, emissions, mask, transitions, start, end):

@@ -1,11 +1,9 @@
 """Dropout with cheap random masks, for training on CPUs.
 
-torch's CPU dropout draws one random number per element (Bernoulli), which on this 2-core machine made the
-encoder's 19 dropouts (3 in each of 6 layers, and the embeddings) about a fifth of a BERT-recipe training step
-in bf16 (``bench/results_train.md``). Here one 64-bit draw gives the masks of four elements: each 16-bit slice
-is compared with ``p``, so ``p`` is applied to within 1/65,536, and dropout with its backward takes 0.4x the
-time (attention probabilities of 8 windows of 128 pieces: 4.6 against 11.4 ms). The masks come from torch's
-default generator, so training stays seeded and deterministic.
+torch's CPU dropout draws one random number per element (Bernoulli), which made the encoder's dropouts a large
+share of a BERT-recipe training step on a CPU (``bench/results_train.md``). Here one 64-bit draw gives the masks
+of four elements: each 16-bit slice is compared with ``p``, so ``p`` is applied to within 1/65,536. The masks
+come from torch's default generator, so training stays seeded and deterministic.
 
 :func:`use_fast_dropout` swaps every ``nn.Dropout`` of a model for :class:`FastDropout` and gives a Hugging Face
 encoder with eager attention the same dropout on its attention probabilities (``eager_fast_dropout``, eager
@@ -51,9 +49,8 @@ def eager_fast_dropout(module, query, key, value, attention_mask, scaling=None, 
 
     Under bf16 autocast the scores come out of their matrix product in bf16; transformers' mask is fp32, and
     adding it made the scores, their softmax, dropout and backward fp32, only for the probabilities to be cast
-    back to bf16 for the next product. torch's CPU autocast keeps softmax in bf16 (it accumulates in fp32):
-    with the mask cast, the attention of a BERT-recipe layer takes 0.6-0.75x the time forward and backward
-    (``bench/experiments/train_micro.py``)."""
+    back to bf16 for the next product. torch's CPU autocast keeps softmax in bf16 (it accumulates in fp32), so
+    casting the mask keeps the whole attention in bf16 (timings: ``bench/experiments/train_micro.py``)."""
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling

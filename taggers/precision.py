@@ -7,8 +7,7 @@
   for inference and fp32 for training (fp16 training would need loss scaling);
 * CPU: bf16 where the CPU has native bf16 (AVX512-BF16/AMX), else fp32; for
   training too (autocast; the weights and optimizer stay fp32): both CoNLL
-  recipes reach the same validation F1 as in fp32 (92.17 / 92.18 BERT, 90.24 /
-  90.21 BiLSTM) in 0.71x / 0.79x the training time (bench/results_train.md).
+  recipes reach the validation F1 of fp32 in less time (bench/results_train.md).
 """
 
 from __future__ import annotations
@@ -56,9 +55,8 @@ def cast_for_inference(model, precision: str, device: torch.device | str | None 
     """Eval mode, weights in ``precision`` (the CRF stays fp32: its log-sum-exp needs the range); in place.
 
     On a GPU in bf16/fp16 the Hugging Face encoder also switches to eager attention: on the short, padded
-    windows of NER batches PyTorch's fused attention ran at half the speed of the plain one (H200, torch 2.11,
-    MiniLM-L6 in bf16: 1.06M against 0.54M pieces/s, ``bench/results_gpu.md``); fp32 and CPUs showed no
-    difference, so they keep the default.
+    windows of NER batches PyTorch's fused attention was the slower one (``bench/results_gpu.md``); fp32 and
+    CPUs showed no difference, so they keep the default.
     """
     model.eval()
     if precision != "fp32":
@@ -73,9 +71,8 @@ def cast_for_inference(model, precision: str, device: torch.device | str | None 
 def training_attention(requested: str) -> str:
     """The attention a Hugging Face encoder trains with, for ``requested`` (one of :data:`ATTENTIONS`).
 
-    ``auto`` is eager: on NER's short windows PyTorch's fused attention trained slower on both kinds of machine
-    measured, bf16 autocast (bench/results_train.md): its backward took 1.4x the time on this 2-core CPU (the
-    BERT recipe's packed 128-piece windows), and the recipe's steps 1.32x the time on an H200.
+    ``auto`` is eager: on NER's short windows PyTorch's fused attention trained slower in bf16 autocast, on a
+    CPU and on a GPU (``bench/results_train.md``, ``bench/results_gpu.md``).
     """
     if requested not in ATTENTIONS:
         raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {requested!r}")
