@@ -12,6 +12,10 @@ from common.options import opt
 
 MODEL_TYPES = ("bert", "bilstm")
 
+REMOVED_OPTIONS = {"head_hidden": 0, "freeze_layers": 0}
+"""Options of earlier versions and the value that left them off: a saved ``[model]`` section (an export's
+``ner_config.json``, a run's ``config.toml``) may still hold them."""
+
 
 @dataclass
 class ModelConfig:
@@ -36,14 +40,9 @@ class ModelConfig:
     constrained_decoding: bool = True
     """Without a CRF: decode the best IOB2-valid path over the softmax instead of the per-piece argmax."""
     dropout: float = opt(0.1, at_least=0, below=1)
-    head_hidden: int = opt(0, at_least=0)
-    """Hidden size of the feed-forward head (0 = a single linear layer)."""
     freeze_embeddings: bool = False
     """Keep the word-piece embedding table as initialised (BERT: the encoder's; position embeddings and the
     rest still train)."""
-    freeze_layers: int = opt(0, at_least=0)
-    """BERT: keep the encoder's embeddings and its lowest N transformer layers as pre-trained (0 = all train).
-    Nothing below the lowest trained layer needs a gradient, so their backward is skipped."""
     # BiLSTM only
     embedding_dim: int = opt(0, at_least=0)
     """Word-piece embedding size (0 = the encoder's hidden size, needed to initialise from it)."""
@@ -54,3 +53,15 @@ class ModelConfig:
     lstm_layers: int = opt(2, at_least=1)
     init_from: str = ""
     """Start from an existing export of the same tagger and tag set (fine-tuning further)."""
+
+
+def without_removed_options(values: dict, where: str) -> dict:
+    """A saved ``[model]`` section without the options of :data:`REMOVED_OPTIONS` that hold the value that left
+    them off; ValueError naming ``where`` and the option when one holds another (the model it describes cannot
+    be built any more)."""
+    for key, off in REMOVED_OPTIONS.items():
+        value = values.get(key, off)
+        if value != off or isinstance(value, bool):
+            raise ValueError(f"{where}: model.{key}={value!r}: this option was removed and a model made with it "
+                             f"cannot be rebuilt (only {off}, off, is accepted)")
+    return {k: v for k, v in values.items() if k not in REMOVED_OPTIONS}

@@ -27,7 +27,7 @@ from common.encoding import PieceWindower
 from common.io import atomic_write, writing
 
 from . import hf
-from .config import ModelConfig
+from .config import ModelConfig, without_removed_options
 from .models import TAGGERS, WEIGHTS, ExportError, TaggerBase, load_failure, quiet_transformers
 
 FORMAT_VERSION = 1
@@ -167,6 +167,10 @@ def read_export_config(path: str) -> dict:
         raise ExportError(f"{meta_path}: labels {labels!r}: {e}") from None
     if not isinstance(meta.get("model"), dict):
         raise ExportError(f"{meta_path}: no 'model' section")
+    try:
+        meta["model"] = without_removed_options(meta["model"], meta_path)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     return meta
 
 

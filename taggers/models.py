@@ -68,7 +68,7 @@ class TaggerBase(nn.Module):
     """Longest input the model accepts (None: any)."""
 
     def __init__(self, labels: list[str], feature_dim: int, use_casing: bool, casing_dim: int,
-                 use_crf: bool, dropout: float, head_hidden: int, constrained_decoding: bool = True):
+                 use_crf: bool, dropout: float, constrained_decoding: bool = True):
         super().__init__()
         self.labels = list(labels)
         self.constrained_decoding = constrained_decoding
@@ -82,11 +82,7 @@ class TaggerBase(nn.Module):
         self.casing = nn.Embedding(len(CASING_CLASSES), casing_dim, padding_idx=0) if use_casing else None
         in_dim = feature_dim + (casing_dim if use_casing else 0)
         self.dropout = nn.Dropout(dropout)
-        if head_hidden:
-            self.classifier = nn.Sequential(nn.Linear(in_dim, head_hidden), nn.GELU(), nn.Dropout(dropout),
-                                            nn.Linear(head_hidden, len(labels)))
-        else:
-            self.classifier = nn.Linear(in_dim, len(labels))
+        self.classifier = nn.Linear(in_dim, len(labels))
         self.crf = ConstrainedCRF(self.labels) if use_crf else None
 
     def features(self, batch) -> torch.Tensor:  # [B, T, H]
@@ -263,29 +259,7 @@ def _scatter_rows(dest, rows, order, valid, values):
 def head_options(mcfg: ModelConfig) -> dict:
     """The constructor options that both taggers share."""
     return dict(use_casing=mcfg.use_casing, casing_dim=mcfg.casing_dim, use_crf=mcfg.use_crf, dropout=mcfg.dropout,
-                head_hidden=mcfg.head_hidden, constrained_decoding=mcfg.constrained_decoding)
-
-
-def freeze_lower_layers(encoder: nn.Module, count: int) -> None:
-    """Keep a Hugging Face encoder's embeddings and its lowest ``count`` transformer layers as pre-trained.
-
-    The layers are the encoder's ``ModuleList`` of ``num_hidden_layers`` blocks (BERT's ``encoder.layer``,
-    DistilBERT's ``transformer.layer``, ...). With everything below them frozen, no input of those layers
-    needs a gradient, so autograd skips their backward entirely, not only their weights' gradients.
-    """
-    if count == 0:
-        return
-    total = encoder.config.num_hidden_layers
-    layers = next((m for m in encoder.modules() if isinstance(m, nn.ModuleList) and len(m) == total), None)
-    embeddings = getattr(encoder, "embeddings", None)
-    if layers is None or embeddings is None:
-        raise ExportError(f"model.freeze_layers: {type(encoder).__name__} has no embeddings module and list of "
-                          f"{total} layers to freeze")
-    if count > total:
-        raise ExportError(f"model.freeze_layers={count}, but the encoder has {total} layers")
-    embeddings.requires_grad_(False)
-    for layer in layers[:count]:
-        layer.requires_grad_(False)
+                constrained_decoding=mcfg.constrained_decoding)
 
 
 class BertTagger(TaggerBase):
@@ -298,16 +272,15 @@ class BertTagger(TaggerBase):
     model_type = "bert"
 
     def __init__(self, labels, encoder: nn.Module, use_casing=True, casing_dim=16, use_crf=False,
-                 dropout=0.1, head_hidden=0, constrained_decoding=True, freeze_embeddings=False, freeze_layers=0):
+                 dropout=0.1, constrained_decoding=True, freeze_embeddings=False):
         super().__init__(labels, encoder.config.hidden_size, use_casing, casing_dim, use_crf, dropout,
-                         head_hidden, constrained_decoding)
+                         constrained_decoding)
         encoder.get_input_embeddings().weight.requires_grad_(not freeze_embeddings)
-        freeze_lower_layers(encoder, freeze_layers)
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # unused by a token tagger; DDP refuses parameters without gradients
         self.encoder = encoder
         self.max_positions = getattr(encoder.config, "max_position_embeddings", None)
-        self.hf_compatible = not (use_casing or use_crf or head_hidden)
+        self.hf_compatible = not (use_casing or use_crf)
 
     def features(self, batch):
         return self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
@@ -321,13 +294,13 @@ class BertTagger(TaggerBase):
 
         encoder_config(encoder_path)  # a clear error for a wrong path before the weights are looked for
         return cls(labels, AutoModel.from_pretrained(encoder_path), freeze_embeddings=mcfg.freeze_embeddings,
-                   freeze_layers=mcfg.freeze_layers, **head_options(mcfg))
+                   **head_options(mcfg))
 
     @classmethod
     def load(cls, path, mcfg, labels, tokenizer):
         from transformers import AutoModel, AutoModelForTokenClassification
 
-        if not (mcfg.use_casing or mcfg.use_crf or mcfg.head_hidden):
+        if not (mcfg.use_casing or mcfg.use_crf):
             hf_model = AutoModelForTokenClassification.from_pretrained(path)
             model = cls(labels, hf_model.base_model, **head_options(mcfg))
             model.classifier.load_state_dict(hf_model.classifier.state_dict())
@@ -368,10 +341,9 @@ class BiLSTMTagger(TaggerBase):
     model_type = "bilstm"
 
     def __init__(self, labels, vocab_size: int, embedding_dim: int, lstm_hidden=256, lstm_layers=2,
-                 use_casing=True, casing_dim=16, use_crf=False, dropout=0.1, head_hidden=0, pad_id=0,
+                 use_casing=True, casing_dim=16, use_crf=False, dropout=0.1, pad_id=0,
                  freeze_embeddings=False, constrained_decoding=True):
-        super().__init__(labels, 2 * lstm_hidden, use_casing, casing_dim, use_crf, dropout, head_hidden,
-                         constrained_decoding)
+        super().__init__(labels, 2 * lstm_hidden, use_casing, casing_dim, use_crf, dropout, constrained_decoding)
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
         self.embedding.weight.requires_grad_(not freeze_embeddings)
         lstm_in = embedding_dim + (casing_dim if use_casing else 0)

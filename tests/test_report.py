@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -448,3 +449,48 @@ def test_precision_check(tiny_exports, tiny_data_json, tmp_path):
     assert check["fp32_f1"] == pytest.approx(rep["models"]["bilstm"]["scores"]["f1"])
     assert 0 <= check["bf16_f1"] <= 1 and 0 <= check["identical_spans"] <= 1
     assert "Precision check (fp32 against bf16)" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_max_tokens_batches_the_export_without_changing_its_tags(tiny_exports, tiny_data_json, tmp_path):
+    """--max-tokens 8 (a window or two a batch): the export's tags equal the run's saved predictions."""
+    run = tmp_path / "bilstm_export_only"
+    shutil.copytree(tiny_exports["bilstm"], run, ignore=shutil.ignore_patterns("predictions", "checkpoints"))
+    out = tmp_path / "rep"
+    assert main([str(tiny_exports["bilstm"]), str(run), "--data", str(tiny_data_json), "--out", str(out),
+                 "--names", "saved,export", "--max-tokens", "8"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    saved, export = rep["models"]["saved"], rep["models"]["export"]
+    assert export["source"] == "export" and export["tagging"]["max_tokens"] == 8
+    assert export["scores"] == saved["scores"] and export["errors"] == saved["errors"]
+    assert "batches of ≤8 pieces" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_speed_sentences_times_the_first_n_and_scores_the_whole_fold(tiny_exports, tiny_data_json, tmp_path):
+    from common.data import load_folds
+
+    out = tmp_path / "rep"
+    assert main([str(tiny_exports["bilstm"]), "--data", str(tiny_data_json), "--out", str(out),
+                 "--speed-sentences", "5"]) == 0
+    m = json.loads((out / "report.json").read_text())["models"]["bilstm"]
+    words = sum(len(s.tokens) for s in load_folds(str(tiny_data_json), folds=("test",))["test"][:5])
+    assert m["tagging"]["sentences"] == 5 and m["tagging"]["words"] == words
+    gold, pred = _predictions(str(tiny_exports["bilstm"]))
+    assert len(gold) > 5 and m["scores"]["f1"] == pytest.approx(entity_scores(gold, pred)["f1"])
+    assert f"**bilstm** 5 sentences / {words:,} words in" in (out / "report.md").read_text()
+
+
+def test_no_html_embed_links_the_figure_files(synthetic_runs, tmp_path):
+    runs, data = synthetic_runs
+    out = tmp_path / "linked"
+    assert main(runs + ["--data", data, "--out", str(out), "--no-speed", "--no-html-embed"]) == 0
+    html = (out / "report.html").read_text()
+    figures = json.loads((out / "report.json").read_text())["figures"]
+    sources = re.findall(r'<img src="([^"]+)"', html)
+    assert "data:image" not in html
+    assert figures and sorted(sources) == sorted(figures.values())
+    assert all(s.startswith("figures/") for s in sources)
+    for src in sources:
+        assert (out / src).read_bytes().startswith(b"\x89PNG"), src
+    assert not (tmp_path / "linked.tmp").exists()

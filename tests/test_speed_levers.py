@@ -171,30 +171,3 @@ def test_frozen_bert_word_embeddings_stay_as_loaded(tmp_path, tiny_bert_dir, tin
     trained_position = next(v for k, v in trained.items() if k.endswith(position))
     assert torch.equal(trained_word, next(v for k, v in start.items() if k.endswith(word)))
     assert not torch.equal(trained_position, next(v for k, v in start.items() if k.endswith(position)))
-
-
-def test_frozen_lower_layers_stay_as_loaded_and_the_top_trains(tmp_path, tiny_bert_dir, tiny_data_json):
-    """model.freeze_layers=1 on the 2-layer tiny encoder: the embeddings (all of them) and layer 0 keep their
-    pre-trained values, layer 1 and the head train."""
-    from safetensors.torch import load_file
-
-    out = tmp_path / "frozen_layers"
-    assert main(tiny_train_args(tiny_data_json, tiny_bert_dir, out, "train.max_steps=3",
-                                "model.freeze_layers=1")) == 0
-    start = load_file(str(tiny_bert_dir / "model.safetensors"))
-    trained = {k.removeprefix("encoder."): v for k, v in load_file(str(out / "export" / WEIGHTS)).items()}
-    frozen = [k for k in start if k.startswith(("embeddings.", "encoder.layer.0."))]
-    top = [k for k in start if k.startswith("encoder.layer.1.") and k.endswith(".weight")]
-    assert frozen and top
-    assert all(torch.equal(trained[k], start[k]) for k in frozen)
-    assert all(not torch.equal(trained[k], start[k]) for k in top)
-
-
-@pytest.mark.parametrize("override, message", [
-    ("model.freeze_layers=3", "model.freeze_layers=3, but the encoder has 2 layers"),
-    ('model.type="bilstm"', "model.freeze_layers is for the BERT tagger only, got 1 with model.type 'bilstm'")])
-def test_impossible_frozen_layers_are_one_line(tmp_path, tiny_bert_dir, tiny_data_json, capsys, override, message):
-    args = tiny_train_args(tiny_data_json, tiny_bert_dir, tmp_path / "x", "model.freeze_layers=1", override)
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"ner-train: error: {message}"]

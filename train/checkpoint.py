@@ -253,10 +253,11 @@ def _comparable(cfg_dict: dict) -> dict:
 
 def check_resume_config(cfg: Config, run_dir: str) -> None:
     """Refuse to resume a run folder made by another model or config."""
-    saved_dict = RunFolder(run_dir).read_config()
+    run = RunFolder(run_dir)
+    saved_dict = run.read_config()
     if not saved_dict:
         return
-    a, b = _comparable(to_dict(from_dict(saved_dict))), _comparable(to_dict(cfg))
+    a, b = _comparable(to_dict(from_dict(saved_dict, run.config_path))), _comparable(to_dict(cfg))
     diffs = [f"{s}.{k}: saved {a[s].get(k)!r}, now {b[s].get(k)!r}"
              for s in a for k in sorted(set(a[s]) | set(b[s])) if a[s].get(k) != b[s].get(k)]
     if diffs:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from common.data import SCHEMES
 from common.io import TOMLDecodeError, parse_toml_value, read_toml
 from common.options import DEVICE, check_dataclass, opt, type_error
-from taggers.config import ModelConfig
+from taggers.config import ModelConfig, without_removed_options
 from taggers.dropout import DROPOUT_KERNELS
 from taggers.precision import ATTENTIONS
 
@@ -185,20 +185,22 @@ def validate(cfg: Config) -> None:
     if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
         raise ConfigError("train.epochs=0 and train.max_steps=0: nothing to train; set train.epochs >= 1 or "
                           "train.max_steps >= 1")
-    if cfg.model.freeze_layers and cfg.model.type != "bert":
-        raise ConfigError(f"model.freeze_layers is for the BERT tagger only, got {cfg.model.freeze_layers} with "
-                          f"model.type {cfg.model.type!r}")
 
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(d: dict) -> Config:
+def from_dict(d: dict, where: str = "saved config") -> Config:
     cfg = Config()
     for section, values in d.items():
+        if section == "model":
+            try:
+                values = without_removed_options(values, where)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         for key, value in values.items():
-            _apply(cfg, section, key, value, "saved config")
+            _apply(cfg, section, key, value, where)
     return cfg
 
 

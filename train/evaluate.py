@@ -3,7 +3,6 @@
 Prints entity P/R/F1 (seqeval default and strict IOB2), per type, and token accuracy as JSON, with the
 sentences' documents as context (as in training), and ``sentences_alone``: P/R/F1 with every sentence a
 window of its own, as ``ner-tag`` meets a corpus of one sentence a row.
-``--decoding`` overrides the export's decoder (argmax / constrained) to compare them.
 ``--precision fp32,bf16`` scores the export in each precision (weights cast as the batch tagger does) and
 adds how alike the taggings are (``agreement``: share of identical entity spans and sentences against the
 first precision), so a user knows before a large tagging run whether bf16 changes anything.
@@ -36,7 +35,6 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="fp32", type=_precisions,
                    help="auto, fp32, bf16 or fp16, or several separated by commas to compare them (default fp32)")
     p.add_argument("--max-tokens", type=at_least(8), default=16384, help="padded word pieces per batch")
-    p.add_argument("--decoding", choices=["export", "argmax", "constrained"], default="export")
     args = p.parse_args(argv)
     try:
         device = resolve_device(args.device)
@@ -46,8 +44,6 @@ def main(argv=None) -> int:
             precision = resolve_precision(requested, device)
             model, windower = load_tagger(args.model, device)  # afresh: casting changes the weights in place
             check_labels(windower.labels, label_list(sentences), f"{args.data}: fold {args.fold!r}")
-            if args.decoding != "export":
-                model.constrained_decoding = args.decoding == "constrained"
             model = cast_for_inference(model, precision, device)
             results[precision], tags[precision] = score(model, windower.windows(sentences), sentences,
                                                         windower.labels, device, precision, args.max_tokens,
