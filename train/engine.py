@@ -7,6 +7,7 @@ plain torch (one process or DDP) and DeepSpeed run the same loop.
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -16,6 +17,13 @@ from common.distributed import DistInfo
 from taggers.precision import autocast, resolve_precision
 
 from .optim import build_optimizer
+
+
+# The taggers' buffers are constants built alike on every rank (position ids, tag constraints): DDP's broadcast
+# of them before every forward is a collective per micro-batch that changes nothing.
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})  # torch < 2.13
 
 
 class TorchEngine:
@@ -29,7 +37,8 @@ class TorchEngine:
         self.max_grad_norm = cfg.optim.max_grad_norm
         self.module = model.to(info.device)
         device_ids = [info.device] if info.device.type == "cuda" else None
-        self.model = DistributedDataParallel(self.module, device_ids=device_ids) if info.distributed else self.module
+        self.model = (DistributedDataParallel(self.module, device_ids=device_ids, **_NO_BUFFER_SYNC)
+                      if info.distributed else self.module)
         self.optimizer, self.scheduler = build_optimizer(self.module, cfg.optim, total_steps)
         self.precision = resolve_precision(cfg.train.precision, info.device, training=True)
 

@@ -387,6 +387,8 @@ class Trainer:
         """On SIGUSR1/SIGTERM (any rank): checkpoint on every rank, then raise :class:`Preempted`."""
         signum = self.stop.signum
         if self.info.distributed:
+            if self.state.step % self.cfg.train.log_every:  # ranks agree at logged steps: no host sync per step
+                return
             signum = distributed.all_reduce_sum([signum], self.info)[0]
         if not signum:
             return
