@@ -114,7 +114,8 @@ def make_exports(m: Measure) -> dict:
         m.data = str(make_tiny_data(m.work / "tiny.json"))
         m.encoder = [f"model.encoder={json.dumps(str(write_encoder(m.work / 'tiny_encoder', TINY)))}"]
     exports = {}
-    for recipe, config in (("bert", "train/configs/bert_conll03.toml"), ("bilstm", "train/configs/bilstm_conll03.toml")):
+    for recipe in ("bert", "bilstm"):
+        config = f"train/configs/{recipe}_conll03.toml"
         run = m.work / f"export_{recipe}"
         small = ["model.lstm_hidden=16", "model.lstm_layers=1"] if m.smoke and recipe == "bilstm" else []
         rc, secs = sh(train_cmd(config, m.data, run, f"train.max_steps={steps}", f"train.precision={m.precision}",
