@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_common import load_sample, model_only  # noqa: E402
-from gpu_check import GpuSampler  # noqa: E402
+from gpu_common import GpuSampler  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -15,7 +15,7 @@
   batches prepared beforehand, all cores, ``bench_common.model_only``; once as is and once under ner-tag's
   glibc settings, ``infer.memory.bound_malloc``) in pieces/s and words/s, ``ner-tag`` end to end (default
   threads and host workers) on the first ``--e2e-rows`` rows, the three one after the other ``--repeats`` times (the
-  ratios are of the medians: the model alone swings ~14% between runs on shared cores), the share of each
+  ratios are of the medians: the model alone swings between runs on shared cores, results_infer.md), the share of each
   ner-tag run's tagging time spent in the model (``predict_on_device``, timed in that same process, so free of
   the swings between processes), and for bf16 the fraction of the CPU's bf16 matrix-product peak the model
   reaches (model FLOPs per piece from its config; the peak measured with a large bf16 matrix product on the

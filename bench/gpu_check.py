@@ -30,20 +30,25 @@ import os
 import platform
 import re
 import shlex
-import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from gpu_check_results import write_results  # noqa: F401 (the results file; imported from here by tests)
+from gpu_common import DISTRIBUTED_VARS, GpuSampler, git_commit, nvidia_smi, repo_env
 
 REPO = Path(__file__).resolve().parents[1]
 PEAK_MARK = "GPU_CHECK_PEAK_GPU_MIB="
+SHARED = REPO.parent / "shared"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(REPO.parent / "shared/data/conll03-iob-pos.json"),
+    p.add_argument("--data", default=str(SHARED / "data/conll03-iob-pos.json"),
                    help="labelled data for the training runs (default: %(default)s)")
     p.add_argument("--steps", type=int, default=100, help="training steps per recipe (default: 100)")
     p.add_argument("--recipes", default="bilstm_conll03,bert_conll03",
@@ -56,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--work", default=str(REPO / "runs" / "gpu_check"),
                    help="training runs, benchmark model and logs (default: %(default)s)")
     p.add_argument("--results", default=str(REPO / "bench" / "results_gpu.md"), help="results file (markdown)")
-    p.add_argument("--scale-corpus", default=str(REPO.parent / "shared/corpus/news_sentences.parquet") + ":100000",
+    p.add_argument("--scale-corpus", default=str(SHARED / "corpus/news_sentences.parquet") + ":100000",
                    metavar="PATH[:ROWS]", help="sample of the scale stage (default: %(default)s)")
     p.add_argument("--skip", default="", help="stages to skip, comma-separated: tests,train,bench,scale")
     p.add_argument("--stage-timeout", type=int, default=3600, help="seconds per stage process (default: 3600)")
@@ -65,7 +70,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-# ------------------------------------------------------------------ child: a tool's main() plus its peak GPU memory
+# ------------------------------------------------------------------ child: a command's main() plus its peak GPU memory
 def run_child(argv: list[str]) -> int:
     """``--child MODULE ARGS...``: ``MODULE.main(ARGS)`` in this process, then the peak GPU memory it allocated."""
     import importlib
@@ -87,14 +92,22 @@ def run_child(argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------ GPU detection and description
-def nvidia_smi(*args: str, timeout: int = 30) -> str | None:
-    if not shutil.which("nvidia-smi"):
-        return None
+def find_gpu():
+    """(torch, None) when torch can use a GPU; otherwise (None, exit status) after saying why in one line."""
     try:
-        r = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout if r.returncode == 0 else None
+        import torch
+    except ImportError as e:
+        print(f"gpu-check: torch is not importable ({e}); run `make setup` first", file=sys.stderr)
+        return None, 2
+    if torch.cuda.is_available():
+        return torch, None
+    if "GPU" in (nvidia_smi("-L") or ""):
+        print(f"gpu-check: nvidia-smi sees a GPU but torch {torch.__version__} (CUDA {torch.version.cuda}) "
+              "cannot use it: install a CUDA build of torch; nothing written", file=sys.stderr)
+        return None, 2
+    print("gpu-check: no CUDA GPU on this machine (torch.cuda.is_available() is False): nothing to check, "
+          "nothing written")
+    return None, 0
 
 
 def describe_machine(torch) -> dict:
@@ -122,65 +135,8 @@ def describe_machine(torch) -> dict:
         info["transformers"] = transformers.__version__
     except ImportError:
         info["transformers"] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True)
-        info["commit"] = commit.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
-    except OSError:
-        info["commit"] = None
+    info["commit"] = git_commit(REPO, mark_dirty=True)
     return info
-
-
-# ------------------------------------------------------------------ GPU sampling
-class GpuSampler:
-    """``nvidia-smi -lms 500`` in the background; mean / max utilisation and max memory used per GPU."""
-
-    def __init__(self, interval_ms: int = 500):
-        self.cmd = ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                    "-lms", str(interval_ms)]
-        self.samples: dict[int, list[tuple[float, float]]] = {}
-        self.proc = None
-        self.thread = None
-
-    def __enter__(self):
-        if shutil.which("nvidia-smi"):
-            try:
-                self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-                self.thread = threading.Thread(target=self._read, daemon=True)
-                self.thread.start()
-            except OSError:
-                self.proc = None
-        return self
-
-    def _read(self):
-        for line in self.proc.stdout:
-            parts = [x.strip() for x in line.split(",")]
-            try:
-                idx, util, mem = int(parts[0]), float(parts[1]), float(parts[2])
-            except (ValueError, IndexError):
-                continue  # "[N/A]" and the like
-            self.samples.setdefault(idx, []).append((util, mem))
-
-    def __exit__(self, *exc):
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.thread.join(timeout=5)
-        return False
-
-    def summary(self) -> dict:
-        if self.proc is None:
-            return {"note": "nvidia-smi not available: no utilisation samples"}
-        out = {}
-        for idx, rows in sorted(self.samples.items()):
-            utils = [u for u, _ in rows]
-            out[f"gpu{idx}"] = {"samples": len(rows), "util_mean_pct": round(sum(utils) / len(utils), 1),
-                                "util_max_pct": max(utils), "mem_used_max_mib": max(m for _, m in rows)}
-        return out
 
 
 # ------------------------------------------------------------------ stages
@@ -212,19 +168,7 @@ def run_stage(stage: Stage, logs: Path, timeout: int, env: dict) -> Stage:
     with GpuSampler() as sampler:
         try:
             with open(log_path, "w") as log:
-                proc = subprocess.Popen(stage.cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
-                lines = []
-                timer = threading.Timer(timeout, lambda: _kill_group(proc))
-                timer.start()
-                try:
-                    for line in proc.stdout:
-                        log.write(line)
-                        lines.append(line)
-                    stage.rc = proc.wait()
-                finally:
-                    timer.cancel()
-                stage.output = "".join(lines)
+                stage.rc, stage.output = _stream(stage.cmd, env, log, timeout)
                 if stage.rc in (-9, -15) and time.time() - t0 >= timeout:
                     stage.error = f"killed after the stage timeout of {timeout} s"
         except OSError as e:
@@ -236,9 +180,25 @@ def run_stage(stage: Stage, logs: Path, timeout: int, env: dict) -> Stage:
     return stage
 
 
-def _kill_group(proc):
-    import signal
+def _stream(cmd: list[str], env: dict, log, timeout: int) -> tuple[int, str]:
+    """Runs ``cmd`` in its own process group, its output to ``log`` as it comes; the group is killed at
+    ``timeout``.  -> (exit status, output)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines = []
+    timer = threading.Timer(timeout, lambda: _kill_group(proc))
+    timer.start()
+    try:
+        for line in proc.stdout:
+            log.write(line)
+            lines.append(line)
+        rc = proc.wait()
+    finally:
+        timer.cancel()
+    return rc, "".join(lines)
 
+
+def _kill_group(proc):
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # the stage's own process group (start_new_session)
     except OSError:
@@ -280,84 +240,83 @@ def parse_bench(stage: Stage, json_path: Path) -> None:
         stage.error = f"no {json_path}"
 
 
-# ------------------------------------------------------------------ results file
-def _fmt(v, spec=",.0f") -> str:
-    return "-" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v)
+# ------------------------------------------------------------------ the four stages
+@dataclass
+class Kit:
+    """What every stage needs: the options, the work folder, the environment of its process, this Python."""
+    args: argparse.Namespace
+    work: Path
+    env: dict
+    py: str = sys.executable
+
+    def run(self, stage: Stage) -> Stage:
+        return run_stage(stage, self.work / "logs", self.args.stage_timeout, self.env)
 
 
-def _tail(text: str, n: int = 25) -> str:
-    return "\n".join(text.rstrip().splitlines()[-n:])
+def stage_tests(kit: Kit) -> Stage:
+    s = kit.run(Stage("tests", "a. tests marked gpu", [kit.py, "-m", "pytest", "-m", "gpu", "-rA", "-q",
+                                                        "-p", "no:cacheprovider"]))
+    parse_tests(s)
+    if s.rc == 5:  # pytest: nothing collected
+        s.error = "no test was collected"
+    elif s.rc == 0 and " passed" not in s.results["summary"]:
+        s.error = "no gpu test ran (all skipped: see the reasons below)"
+    return s
 
 
-def write_results(path: Path, machine: dict, stages: list[Stage], args) -> None:
-    L = [f"# GPU check ({machine['date']})", "",
-         "Written by `make gpu-check` (`python bench/gpu_check.py`); every stage runs in its own process and a "
-         "failure is recorded here without stopping the others. GPU utilisation and memory: `nvidia-smi "
-         "--query-gpu=index,utilization.gpu,memory.used -lms 500` during the stage; peak GPU memory: "
-         "`torch.cuda.max_memory_allocated()` of the stage's process (of each run in the benchmark).", "",
-         "## Machine", ""]
-    for g in machine["gpus"]:
-        L.append(f"- GPU {g['index']}: {g['name']} (compute capability {g['capability']}, {g['memory_gib']} GiB, "
-                 f"native bf16: {'yes' if g['bf16'] else 'no'})")
-    L += [f"- driver {machine.get('driver') or '?'}; torch {machine['torch']}, CUDA {machine['cuda']}, "
-          f"cuDNN {machine['cudnn']}, NCCL {machine.get('nccl') or '?'}; transformers {machine.get('transformers')}; "
-          f"Python {machine['python']}",
-          f"- host {machine['host']}, {machine['cpus']} CPUs; code {machine.get('commit') or '?'}", "",
-          "## Summary", "", "| stage | result | time | GPU util mean / max | GPU memory used max |",
-          "|---|---|---|---|---|"]
-    for s in stages:
-        util = "; ".join(f"{k}: {v['util_mean_pct']:.0f}% / {v['util_max_pct']:.0f}%" for k, v in s.gpu.items()
-                         if isinstance(v, dict)) or "-"
-        mem = "; ".join(f"{k}: {v['mem_used_max_mib']:,.0f} MiB" for k, v in s.gpu.items()
-                        if isinstance(v, dict)) or "-"
-        result = "ok" if s.ok else f"**FAILED** (exit {s.rc}{'; ' + s.error if s.error else ''})"
-        L.append(f"| {s.title} | {result} | {s.seconds:,.0f} s | {util} | {mem} |")
-    L.append("")
-    for s in stages:
-        L += [f"## {s.title}", "", "```", s.command_line(), "```", ""]
-        if s.name == "tests" and s.results:
-            L += [f"Result: {s.results.get('summary') or '(no pytest summary line)'}", ""]
-            if s.results.get("outcomes"):
-                L += ["```", *s.results["outcomes"], "```", ""]
-        elif s.name.startswith("train_") and s.results:
-            r = s.results
-            L += ["| steps | wall | train tokens/s | valid F1 | test F1 | peak GPU memory |",
-                  "|---|---|---|---|---|---|",
-                  f"| {_fmt(r.get('steps'))} | {_fmt(r.get('train_wall_s'), ',.1f')} s | "
-                  f"{_fmt(r.get('train_tokens_per_s'))} | {_fmt(r.get('valid_f1'), '.2f')} | "
-                  f"{_fmt(r.get('test_f1'), '.2f')} | {_fmt(r.get('peak_gpu_mib'))} MiB |", "",
-                  f"({args.steps} steps only: the F1 scores show that the run works, not what the recipe reaches.)",
-                  ""]
-        elif s.name == "scale" and s.results:
-            L += ["`bench/bench_gpu_scale.py`: the model alone (buffers prepared beforehand) and `ner-tag` end to end "
-                  "(a fresh process each; words/s while tagging, model loading excluded).", "",
-                  s.results["table"], ""]
-        elif s.name == "bench" and s.results:
-            r = s.results
-            L += [f"Model: `{r.get('model')}`; device {r.get('device')} ({r.get('gpu')}); {r.get('threads')} CPU "
-                  "threads. Baseline: `pipeline(\"token-classification\", aggregation_strategy=\"first\", "
-                  "batch_size=64)` on the same GPU (truncates at 512 pieces; ner-tag tags every word). Seconds: "
-                  "tagging only (model loading not timed; ner-tag's include reading and writing Parquet). The "
-                  "utilisation in the summary covers the whole stage (baseline and every ner-tag run).", "",
-                  "| corpus | rows | words | run | seconds | words/s | pieces/s | speedup | span F1 vs baseline "
-                  "| peak GPU memory |", "|---|---|---|---|---|---|---|---|---|---|"]
-            for c in r.get("corpora", []):
-                L.append(f"| {c['corpus']} | {c['rows']:,} | {c['words']:,} | HF pipeline | {c['baseline_s']:.2f} | "
-                         f"{c['baseline_words_per_s']:,.0f} | {_fmt(c.get('baseline_pieces_per_s'))} | 1.00x | - | "
-                         f"{_fmt(c.get('baseline_peak_gpu_mib'))} MiB |")
-                for prec, o in c.get("ours", {}).items():
-                    L.append(f"| | | | ner-tag {prec} | {o['tag_s']:.2f} | {o['words_per_s']:,.0f} | "
-                             f"{_fmt(o.get('pieces_per_s'))} | {o['speedup']:.2f}x | {o['span_f1']:.3f} "
-                             f"({o['span_f1_baseline_window']:.3f} in its window) | "
-                             f"{_fmt(o.get('peak_gpu_mib'))} MiB |")
-            L.append("")
-        if not s.ok:
-            L += [f"Failure (last lines of {s.log}):", "", "```", _tail(s.output) or "(no output)", "```", ""]
-        L += [f"Log: `{s.log}`", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("\n".join(L))
-    os.replace(tmp, path)
+def stage_train(kit: Kit) -> list[Stage]:
+    args, stages = kit.args, []
+    for recipe in [r.strip() for r in args.recipes.split(",") if r.strip()]:
+        run_dir = kit.work / f"train_{recipe}"
+        cmd = [kit.py, str(Path(__file__).resolve()), "--child", "train.__main__",
+               "--config", str(REPO / "train" / "configs" / f"{recipe}.toml"), "--data", args.data,
+               "--output-dir", str(run_dir), "--overwrite", f"train.max_steps={args.steps}",
+               'train.precision="bf16"', "train.progress=false", 'wandb.mode="disabled"']
+        s = kit.run(Stage(f"train_{recipe}", f"b. bf16 training, {recipe} ({args.steps} steps)", cmd))
+        parse_train(s, run_dir)
+        stages.append(s)
+    return stages
+
+
+def stage_bench(kit: Kit) -> list[Stage]:
+    args, stages = kit.args, []
+    json_path = kit.work / "bench_infer.json"
+    if json_path.exists():
+        json_path.unlink()
+    corpora = args.corpus or [str(SHARED / "corpus/news_sentences.parquet") + ":20000",
+                              str(SHARED / "corpus/reuters21578.parquet") + ":2000"]
+    model = args.bench_model
+    if not model:  # trained in its own stage, so that the benchmark's GPU samples are tagging only
+        run_dir = kit.work / "bench_minilm"
+        s = kit.run(Stage("bench_model", "c0. benchmark model (MiniLM export, a few training steps)",
+                          [kit.py, str(REPO / "bench" / "bench_infer.py"), "--make-export", str(run_dir),
+                           "--memory-only"]))
+        if s.ok and not (run_dir / "export" / "ner_config.json").exists():
+            s.error = f"no export in {run_dir}"
+        stages.append(s)
+        model = str(run_dir / "export")
+    cmd = [kit.py, str(REPO / "bench" / "bench_infer.py"), "--device", "cuda", "--precision", args.bench_precision,
+           "--json", str(json_path), "--model", model]
+    for c in corpora:
+        cmd += ["--corpus", c]
+    s = kit.run(Stage("bench", "c. tagging benchmark: ner-tag vs the Hugging Face pipeline", cmd))
+    parse_bench(s, json_path)
+    return stages + [s]
+
+
+def stage_scale(kit: Kit) -> Stage:
+    model = kit.args.bench_model or str(kit.work / "bench_minilm" / "export")
+    table = kit.work / "scale.md"
+    if table.exists():
+        table.unlink()
+    cmd = [kit.py, str(REPO / "bench" / "bench_gpu_scale.py"), "--model", model, "--corpus", kit.args.scale_corpus,
+           "--precision", "bf16", "--batch-tokens", "16384,65536", "--host-workers", "0,4", "--results", str(table)]
+    s = kit.run(Stage("scale", "d. ner-tag at scale: end to end against the model alone", cmd))
+    if table.exists():
+        s.results = {"table": table.read_text()}
+    elif s.ok:
+        s.error = f"no {table}"
+    return s
 
 
 # ------------------------------------------------------------------ main
@@ -365,97 +324,26 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
         return run_child(args.child)
-    try:
-        import torch
-    except ImportError as e:
-        print(f"gpu-check: torch is not importable ({e}); run `make setup` first", file=sys.stderr)
-        return 2
-    if not torch.cuda.is_available():
-        listed = nvidia_smi("-L") or ""
-        if "GPU" in listed:
-            print(f"gpu-check: nvidia-smi sees a GPU but torch {torch.__version__} (CUDA {torch.version.cuda}) "
-                  "cannot use it: install a CUDA build of torch; nothing written", file=sys.stderr)
-            return 2
-        print("gpu-check: no CUDA GPU on this machine (torch.cuda.is_available() is False): nothing to check, "
-              "nothing written")
-        return 0
+    torch, code = find_gpu()
+    if torch is None:
+        return code
 
     machine = describe_machine(torch)
     print(f"gpu-check: {', '.join(g['name'] for g in machine['gpus'])}; torch {machine['torch']}, "
           f"CUDA {machine['cuda']}", flush=True)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    work = Path(args.work).resolve()
-    logs = work / "logs"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = repo_env(drop=DISTRIBUTED_VARS)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    py = sys.executable
+    kit = Kit(args, Path(args.work).resolve(), env)
     stages: list[Stage] = []
-
     if "tests" not in skip:
-        s = run_stage(Stage("tests", "a. tests marked gpu", [py, "-m", "pytest", "-m", "gpu", "-rA", "-q",
-                                                                 "-p", "no:cacheprovider"]),
-                      logs, args.stage_timeout, env)
-        parse_tests(s)
-        if s.rc == 5:  # pytest: nothing collected
-            s.error = "no test was collected"
-        elif s.rc == 0 and " passed" not in s.results["summary"]:
-            s.error = "no gpu test ran (all skipped: see the reasons below)"
-        stages.append(s)
-
+        stages.append(stage_tests(kit))
     if "train" not in skip:
-        for recipe in [r.strip() for r in args.recipes.split(",") if r.strip()]:
-            run_dir = work / f"train_{recipe}"
-            cmd = [py, str(Path(__file__).resolve()), "--child", "train.__main__",
-                   "--config", str(REPO / "train" / "configs" / f"{recipe}.toml"), "--data", args.data,
-                   "--output-dir", str(run_dir), "--overwrite", f"train.max_steps={args.steps}",
-                   'train.precision="bf16"', "train.progress=false", 'wandb.mode="disabled"']
-            s = run_stage(Stage(f"train_{recipe}", f"b. bf16 training, {recipe} ({args.steps} steps)", cmd),
-                          logs, args.stage_timeout, env)
-            parse_train(s, run_dir)
-            stages.append(s)
-
+        stages += stage_train(kit)
     if "bench" not in skip:
-        json_path = work / "bench_infer.json"
-        if json_path.exists():
-            json_path.unlink()
-        corpora = args.corpus or [str(REPO.parent / "shared/corpus/news_sentences.parquet") + ":20000",
-                                  str(REPO.parent / "shared/corpus/reuters21578.parquet") + ":2000"]
-        model = args.bench_model
-        if not model:  # trained in its own stage, so that the benchmark's GPU samples are tagging only
-            run_dir = work / "bench_minilm"
-            s = run_stage(Stage("bench_model", "c0. benchmark model (MiniLM export, a few training steps)",
-                                [py, str(REPO / "bench" / "bench_infer.py"), "--make-export", str(run_dir),
-                                 "--memory-only"]), logs, args.stage_timeout, env)
-            if s.ok and not (run_dir / "export" / "ner_config.json").exists():
-                s.error = f"no export in {run_dir}"
-            stages.append(s)
-            model = str(run_dir / "export")
-        cmd = [py, str(REPO / "bench" / "bench_infer.py"), "--device", "cuda", "--precision", args.bench_precision,
-               "--json", str(json_path), "--model", model]
-        for c in corpora:
-            cmd += ["--corpus", c]
-        s = run_stage(Stage("bench", "c. tagging benchmark: ner-tag vs the Hugging Face pipeline", cmd),
-                      logs, args.stage_timeout, env)
-        parse_bench(s, json_path)
-        stages.append(s)
-
+        stages += stage_bench(kit)
     if "scale" not in skip:
-        model = args.bench_model or str(work / "bench_minilm" / "export")
-        table = work / "scale.md"
-        if table.exists():
-            table.unlink()
-        cmd = [py, str(REPO / "bench" / "bench_gpu_scale.py"), "--model", model, "--corpus", args.scale_corpus,
-               "--precision", "bf16", "--batch-tokens", "16384,65536", "--host-workers", "0,4",
-               "--results", str(table)]
-        s = run_stage(Stage("scale", "d. ner-tag at scale: end to end against the model alone", cmd),
-                      logs, args.stage_timeout, env)
-        if table.exists():
-            s.results = {"table": table.read_text()}
-        elif s.ok:
-            s.error = f"no {table}"
-        stages.append(s)
+        stages.append(stage_scale(kit))
 
     results = Path(args.results)
     write_results(results, machine, stages, args)

@@ -1,4 +1,6 @@
-"""bench/gpu_check.py's results file, from stages made up here (the kit itself needs a GPU; CI has none)."""
+"""What the GPU scripts in bench/ write, from inputs made up here (the scripts themselves need a GPU; CI has none):
+bench/gpu_check.py's results file, the GPU sampler they share (bench/gpu_common.py) and the table of
+bench/device/measure.py."""
 
 from __future__ import annotations
 
@@ -8,8 +10,11 @@ import sys
 from tests.tiny_models import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
+sys.path.insert(0, str(REPO_ROOT / "bench" / "device"))
 
 import gpu_check  # noqa: E402
+import measure_runs  # noqa: E402
+from gpu_common import GpuSampler  # noqa: E402
 
 
 def _stage(name, title, rc=0, results=None, output=""):
@@ -41,3 +46,34 @@ def test_results_file_has_every_stage_and_failures(tmp_path):
     assert "Result: 9 passed" in text and "| 100 | 11.1 s | 8,998 | 80.06 | 78.63 | 594 MiB |" in text
     assert "| model only | x |" in text
     assert "| c. tagging benchmark | **FAILED** (exit 1) |" in text and "RuntimeError: boom" in text
+
+
+def test_gpu_sampler_summarises_per_gpu_and_skips_unreadable_lines():
+    sampler = GpuSampler(enabled=False)
+    assert "note" in sampler.summary() and sampler.util_mean_max() == (None, None)
+    for line in ["0, 10, 100", "1, 50, 7000", "0, 30, 300", "0, [N/A], 5", "garbage"]:
+        sampler.add_line(line)
+    assert sampler.summary() == {
+        "gpu0": {"samples": 2, "util_mean_pct": 20.0, "util_max_pct": 30.0, "mem_used_max_mib": 300.0},
+        "gpu1": {"samples": 1, "util_mean_pct": 50.0, "util_max_pct": 50.0, "mem_used_max_mib": 7000.0}}
+    assert sampler.util_mean_max() == (30.0, 50.0)
+
+
+def test_measure_table_lists_runs_stages_and_what_was_skipped():
+    run = {"end_to_end_words_per_s": 1000, "tag_words_per_s": 4000.0, "gpu_busy_mean_pct": 61.0,
+           "gpu_busy_max_pct": 99.0, "first_batch_s": 1.25, "wall_s": 3.0, "stages_s": {"host: read Parquet": 0.5}}
+    res = {"device": "GPU X", "commit": "abc", "date": "d", "peak_tflops": 900.0, "skipped": ["large: budget"],
+           "tag": {"plain_forward_words_per_s": 5000,
+                   "bert": {"plain_corpus": run, "reps": 3, "corpus_nx": {**run, "wall_s": 9.0}},
+                   "bilstm": {"plain_corpus": {"error": "exit 1: boom"}}},
+           "train": {"gpu_recipe": {"tokens_per_s": 50, "plain_step_tokens_per_s": 100, "test_f1": 90.5,
+                                    "command_s": 60.0}, "large": {}}}
+    text = measure_runs.table(res)
+    assert "| plain forward (model alone, 512 x 64 random pieces) | 5,000 | | | | |" in text
+    assert "| bert, news | 1,000 | 4,000 | 61% / 99% | 1.2 s | 3.0 s |" in text
+    assert "| bert, news x3 | 1,000 | 4,000 | 61% / 99% | 1.2 s | 9.0 s |" in text
+    assert "bilstm, news" not in text  # a failed run has no row
+    assert "| host: read Parquet | 0.50 | 0.50 | - | - |" in text
+    assert "| GPU recipe (MiniLM-L6 shape) | 50 | 100 | 50% | | 90.50 | 60.0 s |" in text
+    assert "| BERT-large shape, random weights | - | - | - | - (plain -) | | |" in text
+    assert text.endswith("skipped or failed: large: budget")

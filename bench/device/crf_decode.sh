@@ -1,7 +1,7 @@
 #!/bin/bash
-# On the lent GPU machine (after `BASE=<commit> bash bench/device/make_bundle.sh` here): the BERT recipe's export
-# (CRF, packing 128; trained 100 steps in bf16 there) tags the first 100,000 news rows with the baseline code
-# (.devcarry/base) and with this checkout, bf16, 65,536 batch tokens; then the spans of both are compared.
+# On a GPU machine without network access (after `BASE=<commit> bash bench/device/make_bundle.sh` here): the BERT
+# recipe's export (CRF, packing 128; trained 100 steps in bf16 there) tags the first 100,000 news rows with the
+# baseline code (.devcarry/base) and with this checkout, bf16, 65,536 batch tokens; then the spans of both are compared.
 set -u
 . bench/device/prepare.sh >/dev/null
 SRC=/tmp/scale_src.parquet

@@ -1,12 +1,13 @@
 #!/bin/bash
 # Builds .devcarry/, what the scripts in bench/device/ need on a GPU machine without network access: a copy of
-# the working tree with .devcarry/ beside it (at most 64 MiB), torch with CUDA installed there, and each script
-# started from the repository root.  Run here from the repository root after `make setup`:
+# the working tree with .devcarry/ beside it (at most 64 MiB: what the copy to that machine allows), torch with
+# CUDA installed there, and each script started from the repository root.  Run here from the repository root
+# after `make setup`:
 #   bash bench/device/make_bundle.sh
 # then copy the tree with .devcarry/ to the GPU machine and run there, e.g.: bash bench/device/run_gpu_check.sh
 # * site/: the pure-Python dependencies a CUDA torch image lacks (seqeval, pytorch-crf, tomli-w) and the offline
-#   encoder package without its weights; the weights travel as fp16 (44 MB, under the 64 MiB) and the
-#   scripts widen them back to fp32 there (the MiniLM weights are all within fp16's range: max |w| 7.9);
+#   encoder package without its weights; the weights travel as fp16, to stay under the 64 MiB, and prepare.sh
+#   widens them back to fp32 there (every MiniLM weight is within fp16's range: results_gpu.md);
 # * shared/: the CoNLL JSON (gzipped: prepare.sh unpacks it), the whole news_sentences corpus (measure.sh tags it
 #   ten times over) and the first 2,000 rows of reuters21578;
 # * base/: `git archive ${BASE:-HEAD}` of this checkout, the baseline of bench_gpu_scale.py --baseline-repo and crf_decode.sh

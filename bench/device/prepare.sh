@@ -1,4 +1,4 @@
-# Sourced by the run_*.sh scripts on the GPU machine: the carried pure-Python dependencies on PYTHONPATH, the
+# Sourced by the scripts here that run on the GPU machine: the carried pure-Python dependencies on PYTHONPATH, the
 # MiniLM weights widened back to fp32, and ../shared pointing at the carried data (see make_bundle.sh).
 export PYTHONPATH=$PWD/.devcarry/site PYTHONUNBUFFERED=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 python3 - <<'PY' || exit 3

@@ -1,5 +1,5 @@
 #!/bin/bash
-# On the lent GPU machine after run_gpu_check.sh (its exports in /tmp/gpu_check): where ner-tag's end-to-end time
+# On the GPU machine, right after run_gpu_check.sh (its exports in /tmp/gpu_check): where ner-tag's end-to-end time
 # goes at scale (cProfile, bf16, 65,536-token batches, 100,000 news rows), and the CRF recipe's export (trained
 # 100 steps by stage b) against the CRF-less benchmark export on the same rows.
 set -u

@@ -1,6 +1,9 @@
 #!/bin/bash
-# cProfile of the model alone on the GPU (bf16 and fp32, first 30,000 news sentences) -> $OUT/model_profile.txt.
+# cProfile of the model alone on the GPU (bf16 and fp32, first 30,000 news sentences) -> $OUT/model_profile.txt
+# (default /tmp/prof_model_out).  Needs /tmp/minilm/export from run_gpu_scale.sh.
 export PYTHONPATH=$PWD:$PWD/.devcarry/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-/tmp/prof_model_out}
+mkdir -p "$OUT"
 python3 - <<'PY' > $OUT/model_profile.txt 2>&1
 import cProfile, pstats, sys, time
 import pyarrow.parquet as pq, torch

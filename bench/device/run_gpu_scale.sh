@@ -1,7 +1,10 @@
 #!/bin/bash
-# ner-tag at GPU scale on the lent machine (see run_gpu_check.sh for the carried dependencies).
+# ner-tag at GPU scale on a GPU machine without network access (see run_gpu_check.sh for what the bundle
+# carries; .devcarry/base is the baseline checkout): tables and a profile go to $OUT (default /tmp/gpu_scale_out).
 set -u
 . bench/device/prepare.sh
+OUT=${OUT:-/tmp/gpu_scale_out}
+mkdir -p "$OUT"
 python3 bench/bench_infer.py --make-export /tmp/minilm --memory-only > /tmp/make_export.log 2>&1 || { tail -30 /tmp/make_export.log; exit 4; }
 M=/tmp/minilm/export
 C=../shared/corpus/news_sentences.parquet:100000

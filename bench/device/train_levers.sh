@@ -1,5 +1,5 @@
 #!/bin/bash
-# The training speed levers on the lent GPU (issue 12): the GPU check's tests and 100-step bf16 training stages
+# The training speed levers on a GPU machine (issue 12): the GPU check's tests and 100-step bf16 training stages
 # (fused AdamW and train.attention=auto by default), then the BERT recipe for 200 steps with each lever
 # switched, one run after the other (train tokens/s from metrics.json).  There: bash bench/device/train_levers.sh
 set -u
