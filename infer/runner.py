@@ -14,7 +14,7 @@ One process (or each torchrun rank / SLURM array task) does:
    the torchrun world size), then those of the other shards, from their end
    (work stealing, so the job ends when the parts are done, not when the
    slowest shard is).  Every process claims a part before reading it
-   (:func:`infer.output.claim_part`); a part claimed by a live process is left
+   (:func:`infer.parts.claim_part`); a part claimed by a live process is left
    to it, and when nothing else is left the process waits for those parts:
    it takes one over when its holder dies (the claim dies with it), and gives
    up after ``--wait-for-others`` seconds without any of them finishing,
@@ -57,10 +57,12 @@ import pyarrow as pa
 import torch
 
 from common import distributed
+from common.tagdir import SUMMARY_FILE
 from common.teacher import TEACHER_LABELS_KEY
 
 from . import fs
 from . import output as out_utils
+from .parts import done_parts, read_bad_parts, read_manifest, record_skipped_files
 from . import shares
 from .sources import InputError, discover, plan_parts, read_buffers
 from taggers.export import ExportError, load_tagger, read_export_config
@@ -309,9 +311,9 @@ def _run(opts: TagOptions, info, t0: float) -> dict:
     tagger = _same_on_every_rank(lambda: _load_tagger(opts, info.device, precision), info)
     _same_on_every_rank(lambda: out_utils.open_folder(opts.output, run_info, opts.overwrite), info)
     if info.is_main:  # (without skip, a bad file stopped the run above: none is left out)
-        out_utils.record_skipped_files(opts.output, bad_files or [])
+        record_skipped_files(opts.output, bad_files or [])
 
-    done = out_utils.done_parts(opts.output, plan)
+    done = done_parts(opts.output, plan)
     work = [p for p in shares.work_order(parts, num_shards, shard_index) if p.index not in done]
     own = sum(p.index % num_shards == shard_index for p in work)
     log.info("%d parts planned, %d already done; %d to do (%d of shard %d/%d first, then the others' not taken "
@@ -332,7 +334,7 @@ def _run(opts: TagOptions, info, t0: float) -> dict:
     summary = _summary(opts, per_rank or [this], plan, bad_files or [], t0, info, num_shards, shard_index)
     summary["this_process"] = {"left": stats.left, "rank": info.rank}
     if per_rank is not None:  # rank 0 (or the only process): it has every rank's figures
-        fs.write_json(fs.join(opts.output, out_utils.SUMMARY_FILE), summary)
+        fs.write_json(fs.join(opts.output, SUMMARY_FILE), summary)
     return summary
 
 
@@ -404,9 +406,9 @@ def _tag_parts(tagger: TextTagger, work, sources, columns, opts, stats: _Stats, 
 
 def _summary(opts, per_rank: list[dict], plan: list[dict], bad_files: list[dict], t0: float, info, num_shards,
              shard_index) -> dict:
-    manifest = out_utils.read_manifest(opts.output)
-    done = out_utils.done_parts(opts.output, plan)
-    bad_parts = out_utils.read_bad_parts(opts.output, plan)
+    manifest = read_manifest(opts.output)
+    done = done_parts(opts.output, plan)
+    bad_parts = read_bad_parts(opts.output, plan)
     totals = {"rows": 0, "words": 0, "entities": {}}
     for i in done:
         e = manifest.get(i, {})
@@ -465,7 +467,7 @@ def exit_status(summary: dict) -> tuple[int, list[str]]:
         code = EXIT_INCOMPLETE
     if t.get("skipped_files"):
         first = t["skipped_files"][0]
-        where = os.path.join(summary["output"], out_utils.SUMMARY_FILE)
+        where = os.path.join(summary["output"], SUMMARY_FILE)
         lines.append(f"ner-tag: {len(t['skipped_files'])} input file(s) skipped ({t.get('parts_bad', 0)} part(s) "
                      f"unreadable), listed with their errors in {where}; the first: {first['error']}; repair or "
                      "remove them and run again to tag just those")
@@ -483,6 +485,6 @@ def format_summary(summary: dict) -> str:
         f"output: {t['parts_done']}/{t['parts_total']} parts done, {t['rows']:,} rows"
         + (" (complete)" if t["complete"] else f" (incomplete: {len(t.get('parts_left', []))} left, "
                                                 f"{t.get('parts_bad', 0)} bad)"),
-        f"summary: {fs.join(summary['output'], out_utils.SUMMARY_FILE)}",
+        f"summary: {fs.join(summary['output'], SUMMARY_FILE)}",
     ]
     return "\n".join(lines)

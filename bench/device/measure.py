@@ -68,7 +68,7 @@ def timed(owner, name, key, mark_first=False):
         finally:
             add(key, time.perf_counter() - t)
     setattr(owner, name, wrapper)
-import infer.host_encoder as he, infer.output as out, infer.runner as rn, infer.tagger as tg
+import infer.host_encoder as he, infer.parts as out, infer.runner as rn, infer.tagger as tg
 timed(he.HostEncoder, "encode", "host: words, pieces, batches")
 timed(tg.TextTagger, "attach", "host: tensors (pinned on a GPU)")
 timed(tg.TextTagger, "_predict", "main: model + decode (queued)", mark_first=True)
