@@ -327,7 +327,7 @@ def test_shard_takes_its_own_parts_first_then_the_others(tiny_exports, sample_in
       "SLURM_ARRAY_TASK_ID": "10"}, (3, 1)),
 ])
 def test_shard_from_env_honours_the_array_step(monkeypatch, env, expected):
-    from infer.runner import shard_from_env
+    from infer.options import shard_from_env
 
     for name in ("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(name, raising=False)
