@@ -17,8 +17,8 @@ text, ``text == original[start:end]``); ``words`` is ``list<string>``; ``word_pr
 ``list<fixed_size_list<float32, labels>>`` with the labels' order as JSON in the schema metadata under
 :data:`TEACHER_LABELS_KEY`.
 
-The tagger (``infer.output``, ``infer.tagger``), the teacher reader (``common.teacher``) and the report
-(``report.tagged``) use this module rather than names of their own.
+The tagger (``infer.output``, ``infer.parts``, ``infer.tagger``), the teacher reader (``common.teacher``) and
+the report (``report.tagged``) use this module rather than names of their own.
 """
 
 from __future__ import annotations

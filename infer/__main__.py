@@ -119,8 +119,10 @@ def main(argv=None) -> int:
     from taggers.models import quiet_transformers
 
     from .output import OutputError
-    from .runner import PROCESS_GROUP_TIMEOUT_S, WAIT_FOR_OTHERS_S, TagOptions, exit_status, format_summary, run
+    from .options import PROCESS_GROUP_TIMEOUT_S, WAIT_FOR_OTHERS_S, TagOptions
+    from .runner import run
     from .sources import InputError
+    from .summary import exit_status, format_summary
 
     quiet_transformers()
     opts = TagOptions(

@@ -3,7 +3,7 @@
 The main thread runs the model and hands each buffer's spans (:class:`infer.tagger.FoundSpans`) here through a
 bounded queue, so it never waits for Arrow or the disk unless the queue is full (which bounds memory).  One
 thread takes the items in the order they were put, so results stay in input order; a part is renamed and
-recorded in the manifest (:meth:`infer.output.PartWriter.commit`) only when its last buffer is written, so a
+recorded in the manifest (:meth:`infer.parts.PartWriter.commit`) only when its last buffer is written, so a
 kill -9 at any moment leaves finished parts and temporary files, and the next run resumes.  A failure here
 stops the main thread at its next hand-over: a file system error becomes one ``OSError`` naming the output and
 the part (exit code 4), anything else is raised as it is (a bug).
@@ -17,7 +17,7 @@ import threading
 
 import pyarrow as pa
 
-from . import output as out_utils
+from . import parts
 from .memory import trim_malloc
 
 log = logging.getLogger("infer")
@@ -105,13 +105,13 @@ class OutputStage:
             if self.writer is not None:  # rows of the part's first buffers were written: dropped
                 self.writer.abort()
                 self.writer = None
-            out_utils.record_bad_part(self.out_dir, part.to_json(), prep)
+            parts.record_bad_part(self.out_dir, part.to_json(), prep)
             self.claims.pop(part.index).close()
             self.stats.bad += 1
             log.warning("skipping part %d: %s", part.index, prep)
             return
         if self.writer is None:  # at the part's first buffer, or at its end for a part without rows
-            self.writer = out_utils.PartWriter(self.out_dir, part.to_json(), self.schema)
+            self.writer = parts.PartWriter(self.out_dir, part.to_json(), self.schema)
             self.part_stats = self.new_stats()
         if kind == "end":
             entry = self.writer.commit(self.part_stats.as_dict())

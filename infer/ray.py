@@ -84,7 +84,8 @@ class NerTagger:
         from taggers.models import quiet_transformers
         from taggers.precision import resolve_precision
 
-        from .runner import TagOptions, _load_tagger
+        from .options import TagOptions
+        from .runner import _load_tagger
 
         if buffer_rows < 1 or buffer_chars < 1:
             raise ValueError(f"buffer_rows and buffer_chars must be at least 1, got {buffer_rows}, {buffer_chars}")

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 
-from . import output as out_utils
+from .parts import claim_holder, claim_part, part_state
 
 log = logging.getLogger("infer")
 
@@ -32,13 +32,13 @@ def claimed_parts(out_dir: str, work: list, wait_s: float, stop: threading.Event
     is through, until every part is finished or taken; the parts still held after ``wait_s`` seconds without
     one of them finishing are appended to ``left``."""
     def finished(part) -> bool:
-        state = out_utils.part_state(out_dir, part.to_json())
+        state = part_state(out_dir, part.to_json())
         return state == "done" or (state == "bad" and skip_bad)
 
     def take(part):
         if finished(part):
             return None, True
-        claim = out_utils.claim_part(out_dir, part.index)
+        claim = claim_part(out_dir, part.index)
         if claim is None:
             return None, False
         if finished(part):  # finished between the check and the claim
@@ -71,7 +71,7 @@ def claimed_parts(out_dir: str, work: list, wait_s: float, stop: threading.Event
             last_progress = time.time()
         pending = still
         if pending and time.time() - last_progress > wait_s:
-            left.extend({"part": p.index, "file": p.file, "holder": out_utils.claim_holder(out_dir, p.index)}
+            left.extend({"part": p.index, "file": p.file, "holder": claim_holder(out_dir, p.index)}
                         for p in pending)
             return
         if pending:

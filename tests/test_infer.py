@@ -1,5 +1,6 @@
-"""ner-tag: words with exact offsets, end-to-end tagging with both taggers, nulls, errors, resume after a
-kill, refusal of another model's folder, sharding (SLURM-array style and torchrun)."""
+"""ner-tag: words with exact offsets, end-to-end tagging with both taggers, long texts in overlapping windows
+(--chunking windows), nulls, errors, resume after a kill, refusal of another model's folder, sharding
+(SLURM-array style and torchrun)."""
 
 from __future__ import annotations
 
@@ -199,6 +200,39 @@ def test_library_long_texts_are_predicted_whole(tiny_exports):
     assert all(text[e["start"]:e["end"]] == e["text"] for e in chunked.tag([text])[0])
 
 
+def test_chunking_windows_tags_a_long_text_whole(tiny_exports, tmp_path):
+    """``ner-tag --chunking windows``: a text several windows long is tagged whole by the model's overlapping
+    windows: every row written in order, every word of the long text in ``words`` with its probabilities and
+    spans up to its end; the same words as the default sentence chunks, with more pieces computed (the
+    windows overlap, the chunks do not)."""
+    from infer.tagger import TextTagger
+
+    export = tiny_exports["bert"] / "export"
+    window = TextTagger.from_export(str(export), "cpu").windower.max_length
+    text = long_text(60)
+    texts = [text, "Peter Blackburn met Angela Merkel in Berlin .", None, long_text(3)]
+    path = write_input(tmp_path / "in.parquet", texts, row_group_size=2)
+    words = split_words(text)[0]
+    tables, runs = {}, {}
+    for chunking in ("windows", "sentences"):
+        out = tmp_path / chunking
+        assert run_tag(export, path, out, "--chunking", chunking, "--word-probs") == 0
+        tables[chunking] = check_output(out, texts)
+        runs[chunking] = json.loads((out / "_summary.json").read_text())["this_run"]
+        assert json.loads((out / "_run.json").read_text())["input"]["chunking"] == chunking
+    table = tables["windows"]
+    assert table.column("id").to_pylist() == list(range(len(texts)))
+    assert len(words) > 3 * window  # several windows, whatever the word pieces
+    assert table.column("words").to_pylist()[0] == words
+    probs = table.column("word_probs").to_pylist()[0]
+    assert len(probs) == len(words) and all(abs(sum(p) - 1.0) < 1e-3 for p in probs)
+    ends = [e["end"] for e in table.column("entities").to_pylist()[0]]
+    assert ends and max(ends) > text.rindex("Peter")  # the last sentence, in the last window, has its spans
+    assert table.column("words").to_pylist() == tables["sentences"].column("words").to_pylist()
+    assert runs["windows"]["words"] == runs["sentences"]["words"] == sum(len(split_words(t or "")[0]) for t in texts)
+    assert runs["windows"]["ranks"][0]["pieces"] > runs["sentences"]["ranks"][0]["pieces"]
+
+
 def test_keep_columns_hive_and_glob(tiny_exports, tmp_path):
     root = tmp_path / "hive"
     for year, texts in ((2020, ["Peter met Angela .", None]), (2021, ["Japan won ."])):
@@ -327,7 +361,7 @@ def test_shard_takes_its_own_parts_first_then_the_others(tiny_exports, sample_in
       "SLURM_ARRAY_TASK_ID": "10"}, (3, 1)),
 ])
 def test_shard_from_env_honours_the_array_step(monkeypatch, env, expected):
-    from infer.runner import shard_from_env
+    from infer.options import shard_from_env
 
     for name in ("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(name, raising=False)

@@ -292,9 +292,9 @@ def test_a_failing_writer_is_one_clear_error_and_the_rerun_resumes(tiny_exports,
     naming the part, exit 4, the first part kept, no temporary file left; the re-run writes the rest."""
     import errno
 
-    from infer import output as out_utils
+    from infer import parts
 
-    write = out_utils.PartWriter.write
+    write = parts.PartWriter.write
 
     def failing_write(self, table):
         if self.part["index"] == 1:
@@ -302,13 +302,13 @@ def test_a_failing_writer_is_one_clear_error_and_the_rerun_resumes(tiny_exports,
         write(self, table)
 
     out = tmp_path / "out"
-    monkeypatch.setattr(out_utils.PartWriter, "write", failing_write)
+    monkeypatch.setattr(parts.PartWriter, "write", failing_write)
     assert run_tag(tiny_exports["bert"] / "export", small_input, out) == 4
     assert _error(capsys) == (f"ner-tag: error: --output {out}: cannot write part 1: No space left on device; "
                               "finished parts are kept and a re-run resumes")
     assert [p.name for p in out.glob("part-*.parquet")] == ["part-000000.parquet"]
     assert not list(out.glob(".part-*"))
-    monkeypatch.setattr(out_utils.PartWriter, "write", write)
+    monkeypatch.setattr(parts.PartWriter, "write", write)
     assert run_tag(tiny_exports["bert"] / "export", small_input, out) == 0
     assert _summary(out)["this_run"]["parts"] == 2 and _summary(out)["total"]["complete"]
     assert read_output(out).equals(read_output(small_reference))

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from infer.runner import EXIT_BAD_FILES
+from infer.summary import EXIT_BAD_FILES
 from tests.test_infer import read_output, run_tag
 
 ROWS = 16  # per file; row groups of 4 rows and --rows-per-part 10: 2 parts of 8 rows per file

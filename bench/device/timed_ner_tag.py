@@ -62,7 +62,7 @@ def dump():
 
 if __name__ == "__main__":
     import infer.host_encoder as he
-    import infer.output as out
+    import infer.parts as out
     import infer.runner as rn
     import infer.tagger as tg
 
