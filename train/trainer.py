@@ -348,7 +348,7 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict | No
     completed = False
     heartbeat = None
     try:
-        distributed.setup_logging(info.rank, all_ranks=cfg.train.log_all_ranks)
+        distributed.setup_logging(info.rank)  # records of rank 0 only
         heartbeat = Heartbeat.for_job(info.rank, info.world_size, cfg.train.pg_timeout_s)
         stop.install()
         trainer = Trainer(cfg, info, stop, resume, overwrite)
