@@ -91,6 +91,30 @@ def test_load_teacher_reorders_labels_and_skips_empty_rows(teacher_output):
     assert len(load_teacher(str(out), mine, max_rows=3)) == 3
 
 
+def test_teacher_max_rows_trains_on_the_first_rows_only(teacher_output, tiny_bert_dir, tiny_data_json, tmp_path,
+                                                         monkeypatch):
+    """data.teacher_max_rows=3 in a training run: the teacher output's first three rows join the training fold,
+    each with its words and probabilities, and no other row does."""
+    from train import trainer
+
+    out, _ = teacher_output
+    taught = []
+    encode_windows = trainer.encode_windows
+
+    def recording(cfg, windower, data):
+        taught.extend(data.taught)
+        return encode_windows(cfg, windower, data)
+
+    monkeypatch.setattr(trainer, "encode_windows", recording)
+    args = (*STUDENT, f"data.teacher={json.dumps(str(out))}", "data.teacher_max_rows=3", "data.max_sentences=20",
+            "train.max_steps=1")
+    assert main(tiny_train_args(tiny_data_json, tiny_bert_dir, tmp_path / "run", *args)) == 0
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) > 3
+    assert [s.tokens for s in taught] == [r["words"] for r in rows[:3]]
+    assert [len(s.extra["soft"]) for s in taught] == [len(r["words"]) for r in rows[:3]]
+
+
 def test_load_teacher_errors_are_one_line(teacher_output, tmp_path):
     out, _ = teacher_output
     labels = json.loads(pq.read_table(out).schema.metadata[b"ner_teacher_labels"])

@@ -4,6 +4,7 @@ code 2, nothing written."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import typing
@@ -12,7 +13,8 @@ import pytest
 
 from common.cli import Parser
 from common.options import Allowed, allowed_of, check_value
-from train.config import Config, ConfigError, load_config
+from tests.tiny_models import REPO_ROOT
+from train.config import REMOVED_OPTIONS, Config, ConfigError, from_dict, load_config, to_dict
 
 NUMBERS = (int, float)
 
@@ -85,10 +87,33 @@ def test_every_option_refuses_a_bad_value(name, typ, allowed, tmp_path, capsys):
     (["train.log_every=0"], "train.log_every must be an integer >= 1, got 0"),
     (['train.device="tpu"'], "train.device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
     (["model.pack_pieces=4"], "model.pack_pieces must be 0 (off) or an integer >= 8, got 4"),
+    (["optim.fused=false"], "optim.fused is no longer an option: remove it"),
+    (["train.log_all_ranks=true"], "train.log_all_ranks is no longer an option: remove it"),
 ])
 def test_the_reported_values_are_refused(overrides, expected):
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         load_config(None, overrides)
+
+
+def test_a_saved_config_with_removed_options_loads():
+    saved = to_dict(Config())
+    for name in REMOVED_OPTIONS:
+        section, _, key = name.partition(".")
+        saved[section][key] = True
+    assert to_dict(from_dict(saved)) == to_dict(Config())
+
+
+def test_every_training_option_says_what_it_does():
+    """A docstring line under every option of train/config.py: what it does, for the user."""
+    tree = ast.parse((REPO_ROOT / "train" / "config.py").read_text())
+    sections = {f.default_factory.__name__ for f in dataclasses.fields(Config)}
+    undocumented = []
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name in sections):
+        for stmt, after in zip(cls.body, cls.body[1:] + [None]):
+            if isinstance(stmt, ast.AnnAssign) and not (isinstance(after, ast.Expr)
+                                                        and isinstance(after.value, ast.Constant)):
+                undocumented.append(f"{cls.name}.{stmt.target.id}")
+    assert not undocumented, f"say in a docstring line what these do: {undocumented}"
 
 
 def test_allowed_values_still_load():

@@ -15,7 +15,7 @@ from taggers.precision import training_attention
 from tests.tiny_models import tiny_train_args
 from train.__main__ import main
 from train.config import OptimConfig
-from train.optim import build_optimizer
+from train.optim import build_optimizer, fused_supported
 
 
 def test_training_attention_known_answers():
@@ -41,28 +41,39 @@ class _TwoGroups(nn.Module):
         return {"encoder": list(self.encoder.parameters()), "head": list(self.head.parameters())}
 
 
-def _train(fused: bool, steps: int = 8) -> list[torch.Tensor]:
+def _train(steps: int = 8) -> tuple[bool | None, list[torch.Tensor]]:
+    """AdamW's ``fused`` setting as built, and the parameters after ``steps`` steps."""
     torch.manual_seed(0)
     model = _TwoGroups()
-    optimizer, scheduler = build_optimizer(model, OptimConfig(lr=1e-2, head_lr=1e-1, weight_decay=0.1, fused=fused),
+    optimizer, scheduler = build_optimizer(model, OptimConfig(lr=1e-2, head_lr=1e-1, weight_decay=0.1),
                                            total_steps=steps)
-    assert optimizer.defaults["fused"] is (True if fused else None)
     data = torch.randn(steps, 4, 6)
     for x in data:
         model(x).square().mean().backward()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    return [p.detach().clone() for p in model.parameters()]
+    return optimizer.defaults["fused"], [p.detach().clone() for p in model.parameters()]
 
 
-def test_fused_adamw_takes_the_same_steps_as_the_multi_tensor_one():
+def test_adamw_is_fused_where_torch_has_the_kernel_and_takes_the_same_steps_without_it(monkeypatch):
+    import torch.utils._foreach_utils as foreach_utils
+
     torch.manual_seed(0)
     start = [p.detach().clone() for p in _TwoGroups().parameters()]
-    fused, multi_tensor = _train(True), _train(False)
-    for a, b, s in zip(fused, multi_tensor, start):
+    fused, fused_params = _train()
+    assert fused is True  # torch has a fused AdamW for CPU parameters
+    monkeypatch.setattr(foreach_utils, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
+    default, default_params = _train()  # as on a device without the kernel: torch's default implementation
+    assert default is None
+    for a, b, s in zip(fused_params, default_params, start):
         assert not torch.equal(a, s)  # it trained
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_kernel_needs_floating_point_parameters():
+    assert fused_supported([torch.zeros(3), torch.zeros(2, 2, dtype=torch.bfloat16)])
+    assert not fused_supported([torch.zeros(3), torch.zeros(3, dtype=torch.long)])
 
 
 @pytest.mark.parametrize("option, requested, used", [("attention", "auto", "eager"), ("attention", "sdpa", "sdpa"),

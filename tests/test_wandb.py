@@ -73,7 +73,7 @@ def _records(path: Path):
 
 
 def read_offline_run(run_dir: Path) -> dict:
-    """``{"run": {id, name, project, tags}, "config": {...}, "history": [{...}], "summary": {...}}``."""
+    """``{"run": {id, name, project, entity, tags}, "config": {...}, "history": [{...}], "summary": {...}}``."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     (log_file,) = run_dir.glob("run-*.wandb")
@@ -88,7 +88,8 @@ def read_offline_run(run_dir: Path) -> dict:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             r = rec.run
-            out["run"] = {"id": r.run_id, "name": r.display_name, "project": r.project, "tags": list(r.tags)}
+            out["run"] = {"id": r.run_id, "name": r.display_name, "project": r.project, "entity": r.entity,
+                          "tags": list(r.tags)}
             out["config"].update({key(u): json.loads(u.value_json) for u in r.config.update})
         elif kind == "config":
             out["config"].update({key(u): json.loads(u.value_json) for u in rec.config.update})
@@ -135,7 +136,8 @@ def test_run_logs_config_steps_evals_scores_and_errors(tmp_path, offline_env, ti
 
     out = tmp_path / "run"
     args = tiny_train_args(tiny_data_json, tiny_bert_dir, out, *BILSTM, "train.epochs=1", "train.max_tokens=256",
-                           "wandb.mode=\"online\"", "wandb.project=\"ner-test\"", "wandb.name=\"tiny-bilstm\"",
+                           "wandb.mode=\"online\"", "wandb.project=\"ner-test\"", "wandb.entity=\"ner-team\"",
+                           "wandb.name=\"tiny-bilstm\"",
                            "wandb.tags=[\"ci\", \"bilstm\"]", "wandb.num_error_samples=3")
     with caplog.at_level(logging.INFO):
         assert main(args) == 0
@@ -146,6 +148,7 @@ def test_run_logs_config_steps_evals_scores_and_errors(tmp_path, offline_env, ti
     assert not list(Path(offline_env["WANDB_DIR"]).rglob("*.wandb"))  # the run folder, not WANDB_DIR
     got = read_offline_run(runs[0])
     assert got["run"]["name"] == "tiny-bilstm" and got["run"]["project"] == "ner-test"
+    assert got["run"]["entity"] == "ner-team"
     assert got["run"]["tags"] == ["ci", "bilstm"]
     assert (out / "wandb_run_id").read_text() == got["run"]["id"]
 

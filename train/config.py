@@ -48,20 +48,22 @@ class OptimConfig:
     head_lr: float = opt(1e-3, above=0)
     """Learning rate of everything else (head, CRF, casing, LSTM)."""
     weight_decay: float = opt(0.01, at_least=0)
+    """AdamW's decoupled weight decay of the weight matrices (biases and norms take none)."""
     warmup_ratio: float = opt(0.1, at_least=0, at_most=1)
+    """Share of the optimizer steps over which the learning rate rises linearly to its value; it then decays
+    linearly to 0."""
     max_grad_norm: float = opt(1.0, at_least=0)
     """Clip the gradients' global norm to this (0 = no clipping)."""
     grad_accum: int = opt(1, at_least=1)
     """Micro-batches per optimizer step."""
-    fused: bool = True
-    """torch AdamW's fused kernel: one pass over all parameters (the BERT recipe's optimizer step on this
-    2-core CPU: 18 ms instead of 93 ms with the multi-tensor one, which false selects)."""
 
 
 @dataclass
 class TrainLoopConfig:
     output_dir: str = opt("runs/default", nonempty=True)
+    """The run folder: config, training log, checkpoints, export, metrics and predictions (``--output-dir``)."""
     epochs: int = opt(3, at_least=0)
+    """Passes over the training fold (0 = as many as ``max_steps`` needs)."""
     max_steps: int = opt(0, at_least=0)
     """Stop after this many optimizer steps (0 = run all epochs); the schedule follows it."""
     max_tokens: int = opt(4096, at_least=8)
@@ -69,11 +71,13 @@ class TrainLoopConfig:
     eval_every: int = opt(0, at_least=0)
     """Evaluate every N optimizer steps (0 = at the end of every epoch)."""
     eval_max_tokens: int = opt(16384, at_least=8)
+    """Padded tokens per batch when scoring: no gradients are kept, so it can be larger than ``max_tokens``."""
     eval_test: bool = False
     """Also score the test fold at every evaluation (logged as test_f1; never used to pick the model)."""
     patience: int = opt(0, at_least=0)
     """Early stopping: evaluations without improvement before stopping (0 = off)."""
     seed: int = opt(42, at_least=0, at_most=2**32 - 1)
+    """Seeds the model's initial weights, the batches' order and the dropout masks (a run repeats on a CPU)."""
     device: str = opt("auto", matches=DEVICE)
     """auto, cpu, cuda or cuda:N."""
     precision: str = opt("auto", choices=("auto", "fp32", "bf16"))
@@ -81,15 +85,15 @@ class TrainLoopConfig:
     AVX512-BF16/AMX), else fp32."""
     attention: str = opt("auto", choices=ATTENTIONS)
     """Attention of a Hugging Face encoder in training: eager, sdpa (PyTorch's fused kernels), or auto = eager,
-    measured faster on NER windows (BERT recipe, bf16: 0.73x the training time on this CPU with fused AdamW,
-    1.32x the tokens/s on an H200)."""
+    which trained faster on NER's short windows on a CPU and a GPU (bench/results_train.md)."""
     dropout_kernel: str = opt("auto", choices=DROPOUT_KERNELS)
     """How dropout draws its masks in training: torch (one random number per element), fast (four masks per
-    64-bit random draw, ``taggers.dropout``), or auto = fast on a CPU, torch on a GPU. Only the random masks
-    differ; the model and its export do not."""
+    64-bit random draw, ``taggers.dropout``; cheaper on a CPU), or auto = fast on a CPU, torch on a GPU. Only the
+    random masks differ; the model and its export do not."""
     num_threads: int = opt(0, at_least=0)
     """torch intra-op threads per process (0 = torch's default / OMP_NUM_THREADS)."""
     log_every: int = opt(20, at_least=1)
+    """Write a ``step`` row (mean loss, learning rate, tokens/s) to the training log every N optimizer steps."""
     checkpoint_every: int = opt(0, at_least=0)
     """Also write a resume checkpoint every N steps (0 = only at evaluations and at the end)."""
     checkpoint_minutes: float = opt(10.0, at_least=0)
@@ -99,8 +103,9 @@ class TrainLoopConfig:
     engine: str = opt("ddp", choices=("ddp", "deepspeed"))
     """ddp (torch AdamW; DDP when there are several processes, plain torch with one) or deepspeed."""
     deepspeed_config: str = ""
+    """The DeepSpeed JSON (ZeRO stage and its knobs) with ``engine = "deepspeed"``; see ``train/configs/ds_*.json``."""
     progress: bool = True
-    log_all_ranks: bool = False
+    """A progress bar on rank 0 (set false where the output goes to a log file)."""
 
 
 @dataclass
@@ -108,10 +113,15 @@ class WandbConfig:
     mode: str = opt("", choices=("", "online", "offline", "disabled", "dryrun"), ignore_case=True)
     """online, offline or disabled; empty = WANDB_MODE or disabled; online without an API key falls back to offline."""
     project: str = "ner-taggers"
+    """The wandb project the run is logged to."""
     entity: str = ""
+    """The wandb team or user that owns the project (empty = the API key's default entity)."""
     name: str = ""
+    """The run's name in wandb (empty = the run folder's name)."""
     tags: list[str] = opt(factory=list)
+    """Tags of the wandb run."""
     num_error_samples: int = opt(50, at_least=0)
+    """At most N test sentences with wrong tags, logged as a wandb table at the end."""
 
 
 @dataclass
@@ -121,6 +131,11 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+REMOVED_OPTIONS = ("optim.fused", "train.log_all_ranks")
+"""Options of earlier versions: a run folder's saved config.toml may still hold them (ignored there); a recipe
+or an override that sets one is refused."""
 
 
 class ConfigError(ValueError):
@@ -145,6 +160,8 @@ def _apply(cfg: Config, section: str, key: str, value, where: str) -> None:
                           f"{[f.name for f in dataclasses.fields(Config)]})")
     sub = getattr(cfg, section)
     hints = typing.get_type_hints(type(sub))
+    if f"{section}.{key}" in REMOVED_OPTIONS:
+        raise ConfigError(f"{where}: {section}.{key} is no longer an option: remove it")
     if key not in hints:
         raise ConfigError(f"{where}: unknown option {section}.{key} (options: {sorted(hints)})")
     setattr(sub, key, _coerce(value, hints[key], f"{where}: {section}.{key}"))
@@ -192,6 +209,8 @@ def to_dict(cfg: Config) -> dict:
 
 
 def from_dict(d: dict, where: str = "saved config") -> Config:
+    """The config saved in a run folder (``to_dict``); options removed since it was written are skipped (a removed
+    model option only at its old default: a model made with another value cannot be rebuilt)."""
     cfg = Config()
     for section, values in d.items():
         if section == "model":
@@ -200,7 +219,8 @@ def from_dict(d: dict, where: str = "saved config") -> Config:
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         for key, value in values.items():
-            _apply(cfg, section, key, value, where)
+            if f"{section}.{key}" not in REMOVED_OPTIONS:
+                _apply(cfg, section, key, value, where)
     return cfg
 
 

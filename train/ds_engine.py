@@ -14,7 +14,7 @@ filled in from the run config, so one JSON works for every recipe:
   ``train_batch_size`` = their product times the world size;
 * ``gradient_clipping`` = ``optim.max_grad_norm``;
 * the optimizer is torch AdamW with its linear warmup/decay schedule
-  (:func:`train.optim.build_optimizer`; torch's fused kernel with ``optim.fused``),
+  (:func:`train.optim.build_optimizer`; torch's fused kernel where the device has one),
   handed to ``deepspeed.initialize`` -- DeepSpeed's fused Adam would need a JIT compile;
 * precision from ``train.precision``: bf16 (``bf16``, or ``auto`` on a GPU that
   supports it) uses DeepSpeed's ``torch_autocast`` (fp32 weights, bf16

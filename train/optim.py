@@ -38,11 +38,24 @@ def param_groups(model, lr: float, head_lr: float, weight_decay: float) -> list[
     return groups
 
 
+def fused_supported(params) -> bool:
+    """Whether torch has a fused AdamW kernel for every parameter: a floating-point tensor on a device type
+    torch lists for its fused optimizers."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    devices = _get_fused_kernels_supported_devices()
+    return all(p.device.type in devices and torch.is_floating_point(p) for p in params)
+
+
 def build_optimizer(model, optim_cfg, total_steps: int):
-    """torch AdamW (fused or multi-tensor, ``optim_cfg.fused``) over :func:`param_groups` and the
-    :func:`linear_schedule` as a LambdaLR."""
+    """torch AdamW over :func:`param_groups` and the :func:`linear_schedule` as a LambdaLR.
+
+    AdamW's fused kernel (one pass over all parameters, much faster than the multi-tensor one) wherever torch
+    has it for the parameters' device; elsewhere torch's default implementation.
+    """
     groups = param_groups(model, optim_cfg.lr, optim_cfg.head_lr, optim_cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, fused=True) if optim_cfg.fused else torch.optim.AdamW(groups)
+    fused = fused_supported(p for group in groups for p in group["params"])
+    optimizer = torch.optim.AdamW(groups, fused=True) if fused else torch.optim.AdamW(groups)
     warmup = math.ceil(optim_cfg.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total_steps))
     return optimizer, scheduler

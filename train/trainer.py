@@ -4,132 +4,38 @@
 the best export by validation entity F1, checkpoints for resume, and finally
 scores the best export on valid and test.  It runs the same with or without
 torchrun.  Everything is checked (data, tokenizer, model, config) before the
-run folder is touched.
+run folder is touched (``train.inputs``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import random
-import signal
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from common import distributed
-from common.batching import TokenBudgetBatchSampler, collate_windows
-from common.data import DataError, Sentence, assign_documents, load_folds, sentences_alone, some_alone
+from common.batching import collate_windows
+from common.data import sentences_alone
 from common.heartbeat import CollectiveTimeout, Heartbeat, is_timeout
-from common.labels import check_fold_labels, label_list
 from common.rundir import RunFolder
-from common.teacher import load_teacher
 from taggers.dropout import training_dropout, use_fast_dropout
-from taggers.export import load_tagger, load_tokenizer, make_windower, save_export
-from taggers.models import build_tagger
+from taggers.export import load_tagger, make_windower, save_export
 from taggers.precision import attention_of, resolve_precision, training_attention, use_attention
 
 from .checkpoint import check_checkpoint, check_resume_config, latest_checkpoint, load_with_fallback, save_checkpoint
-from .config import Config, ConfigError, resolve_encoder, to_dict
+from .config import Config, ConfigError, to_dict
 from .engine import make_engine
 from .evaluate import score
+from .inputs import build_model, encode_windows, load_data, make_sampler, plan_steps
+from .state import PREEMPTED_EXIT_CODE, LogWindow, Preempted, StopFlag, TrainState, batch_seed
 from .tracking import Tracker
 
 log = logging.getLogger("train")
-
-PREEMPTED_EXIT_CODE = 3
-
-
-class Preempted(Exception):
-    """Raised after a checkpoint was written because a stop signal arrived."""
-
-
-class StopFlag:
-    """Set by SIGUSR1/SIGTERM; the loop checkpoints at the next step boundary."""
-
-    def __init__(self):
-        self.signum = 0
-        self._previous = {}
-
-    def install(self):
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-@dataclass
-class TrainState:
-    """Everything the loop changes; saved in every checkpoint."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    best_f1: float = -1.0
-    best_step: int = -1
-    bad_evals: int = 0
-    train_time_s: float = 0.0
-    train_tokens: int = 0
-    world_size: int = 1
-    """Processes that wrote the state: the sampler's position and optimizer partitions depend on it."""
-    grad_accum: int = 0
-    """optim.grad_accum of the processes that wrote the state (0 = not recorded); resharding needs it."""
-
-
-@dataclass
-class LogWindow:
-    """Loss and tokens summed since the last ``step`` row of the training log."""
-
-    loss: float | torch.Tensor = 0.0
-    """Summed on the model's device in float64 (the sum Python's floats gave), read at the log row: no device
-    sync per step."""
-    micro_batches: int = 0
-    tokens: int = 0
-    start_s: float = 0.0
-
-
-@dataclass
-class Data:
-    folds: dict[str, list[Sentence]]
-    labels: list[str]
-    encoder_path: str
-    tokenizer: object
-    taught: list[Sentence]
-    """Distillation: unlabelled sentences with their teacher's word probabilities, trained beside ``train``."""
-
-
-def load_data(cfg: Config) -> Data:
-    """The labelled folds, their tag set and the tokenizer; every problem is reported before training starts."""
-    if not cfg.data.path:
-        raise DataError("data.path is empty: pass --data PATH (your CoNLL-style JSON or a folder of CoNLL files)")
-    folds = load_folds(cfg.data.path, scheme=cfg.data.scheme, labels=cfg.data.labels or None)
-    if cfg.data.max_sentences:
-        folds = {k: v[:cfg.data.max_sentences] for k, v in folds.items()}
-    for sentences in folds.values():
-        assign_documents(sentences)
-    encoder_path = resolve_encoder(cfg.model.encoder)
-    tokenizer = load_tokenizer(encoder_path)
-    labels = list(cfg.data.labels) or label_list(folds["train"])
-    check_fold_labels(folds, labels, cfg.data.path)
-    taught = load_teacher(cfg.data.teacher, labels, cfg.data.teacher_max_rows) if cfg.data.teacher else []
-    return Data(folds, labels, encoder_path, tokenizer, taught)
-
-
-def batch_seed(seed: int, epoch: int, global_batch: int) -> int:
-    """The random seed of one global batch of one epoch (dropout masks), the same on any number of processes."""
-    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + global_batch) % 2**63
 
 
 class Trainer:
@@ -148,62 +54,37 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         checkpoint = self._choose_checkpoint(resume)
         self.data = load_data(cfg)
-        self.model = self._build_model()
-        use_attention(self.model, training_attention(cfg.train.attention))
-        self.attention = attention_of(self.model)
-        self.dropout_kernel = training_dropout(cfg.train.dropout_kernel, info.device)
-        if self.dropout_kernel == "fast":
-            use_fast_dropout(self.model)
+        self.model = build_model(cfg, self.data)
+        self._choose_kernels()
         self.windower = make_windower(cfg.model, self.data.labels, self.data.tokenizer, self.model)
-        t0 = time.perf_counter()
-        self.windows = {fold: self.windower.windows(some_alone(s, cfg.data.alone_fraction, cfg.train.seed)
-                                                    if fold == "train" else s)
-                        for fold, s in self.data.folds.items()}
-        self.windows["train"] += self.windower.windows(self.data.taught)
-        log.info("encoded %s windows in %.1f s; labels %s", {k: len(v) for k, v in self.windows.items()},
-                 time.perf_counter() - t0, self.data.labels)
+        self.windows = encode_windows(cfg, self.windower, self.data)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
-        self.sampler = TokenBudgetBatchSampler([len(w) for w in self.windows["train"]], cfg.train.max_tokens,
-                                               shuffle=True, seed=cfg.train.seed, num_replicas=info.world_size,
-                                               rank=info.rank, pad_to=info.world_size * cfg.optim.grad_accum)
-        steps_per_epoch = math.ceil(len(self.sampler) / cfg.optim.grad_accum)
-        self.total_steps = cfg.train.epochs * steps_per_epoch
-        if cfg.train.max_steps:
-            self.total_steps = (min(self.total_steps, cfg.train.max_steps) if cfg.train.epochs
-                                else cfg.train.max_steps)
-        self.epochs = math.ceil(self.total_steps / steps_per_epoch)
+        self.sampler = make_sampler(cfg, info, self.windows["train"])
+        plan = plan_steps(cfg, len(self.sampler))
+        self.total_steps, self.epochs = plan.total_steps, plan.epochs
         self.engine = make_engine(self.model, cfg, info, self.total_steps)
         self.precision = resolve_precision(cfg.train.precision, info.device, training=True)
         log.info("%s tagger, %.1fM parameters, %d process(es) on %s (engine %s, %s%s, %s dropout), %d steps "
                  "(%d per epoch)", cfg.model.type, self.num_parameters / 1e6, info.world_size, info.device,
                  self.engine.name, self.precision, f", {self.attention} attention" if self.attention else "",
-                 self.dropout_kernel, self.total_steps, steps_per_epoch)
+                 self.dropout_kernel, self.total_steps, plan.steps_per_epoch)
         self.state = TrainState(world_size=info.world_size, grad_accum=cfg.optim.grad_accum)
         self._prepare_run_dir(resume, overwrite)
-        if checkpoint is not None:
-            checkpoint, saved = load_with_fallback(self.engine, checkpoint, info,  # an unreadable one: older
-                                                   cfg.optim.grad_accum)
-            self.state = TrainState(**saved)
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, self.state.step,
-                     self.state.epoch, self.state.batch_in_epoch)
-        if info.is_main:  # the log continues from the checkpoint (rows after it are rewritten)
-            self.run_dir.truncate_train_log(self.state.step if checkpoint is not None else None)
-        self.last_eval_step = self.state.step if checkpoint is not None else -1
+        resumed = self._resume(checkpoint)
+        self.last_eval_step = self.state.step if resumed else -1
         self.last_save_s = time.monotonic()
         self.early_stop = False
         self.window = LogWindow(start_s=self.state.train_time_s)
-        self.tracker = (Tracker(cfg, info, self.num_parameters, resuming=checkpoint is not None)
-                        if info.is_main else None)
+        self.tracker = Tracker(cfg, info, self.num_parameters, resuming=resumed) if info.is_main else None
 
-    def _build_model(self):
-        cfg, data = self.cfg, self.data
-        if not cfg.model.init_from:
-            return build_tagger(cfg.model, data.labels, data.encoder_path, data.tokenizer)
-        model, windower = load_tagger(cfg.model.init_from)
-        if windower.labels != data.labels:
-            raise ConfigError(f"model.init_from {cfg.model.init_from}: the model was trained on another tag set "
-                              f"{windower.labels} than the data's {data.labels}")
-        return model.train()
+    def _choose_kernels(self) -> None:
+        """The encoder's attention and the dropouts' mask kernel in training (``train.attention``,
+        ``train.dropout_kernel``); the export is the same whichever runs."""
+        use_attention(self.model, training_attention(self.cfg.train.attention))
+        self.attention = attention_of(self.model)
+        self.dropout_kernel = training_dropout(self.cfg.train.dropout_kernel, self.info.device)
+        if self.dropout_kernel == "fast":
+            use_fast_dropout(self.model)
 
     def _choose_checkpoint(self, resume: bool) -> str | None:
         """``--resume``: the checkpoint to load, chosen by rank 0 (on a slow shared file system ranks could list
@@ -235,6 +116,18 @@ class Trainer:
             self.run_dir.write_config(to_dict(self.cfg))
         distributed.barrier()
 
+    def _resume(self, checkpoint: str | None) -> bool:
+        """Load ``checkpoint`` (an unreadable one: the newest older one) into the engine and the state; the
+        training log is cut back to its step. False when there is none (a fresh start)."""
+        if checkpoint is not None:
+            checkpoint, saved = load_with_fallback(self.engine, checkpoint, self.info, self.cfg.optim.grad_accum)
+            self.state = TrainState(**saved)
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, self.state.step,
+                     self.state.epoch, self.state.batch_in_epoch)
+        if self.info.is_main:  # the log continues from the checkpoint (rows after it are rewritten)
+            self.run_dir.truncate_train_log(self.state.step if checkpoint is not None else None)
+        return checkpoint is not None
+
     # ---------------------------------------------------------------- the loop
     def train(self) -> dict | None:
         """Train to the end (or early stop, or a stop signal); returns the final metrics on rank 0."""
@@ -262,7 +155,7 @@ class Trainer:
 
     def train_epoch(self, progress) -> bool:
         """The rest of the current epoch; False when training ends inside it (last step, early stop)."""
-        state, cfg = self.state, self.cfg.train
+        state = self.state
         self.sampler.set_epoch(state.epoch)
         self.sampler.skip(state.batch_in_epoch)
         batches_in_epoch = len(self.sampler)
@@ -273,21 +166,26 @@ class Trainer:
             if not self.train_step(idx, micro % self.cfg.optim.grad_accum == 0
                                    or state.batch_in_epoch == batches_in_epoch):
                 continue
-            if progress is not None:
-                progress.update(1)
-            if state.step % cfg.log_every == 0 or state.step == self.total_steps:
-                self.log_step(progress)
-            if cfg.eval_every and state.step % cfg.eval_every == 0:
-                self.evaluate()
-                self.save()
-            elif cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                self.save()
-            elif self.checkpoint_due():
-                self.save()
-            self.stop_if_signalled()
+            self.after_step(progress)
             if self.early_stop or state.step >= self.total_steps:
                 return False
         return True
+
+    def after_step(self, progress) -> None:
+        """Log, evaluate and checkpoint as their intervals say; a stop signal checkpoints and ends the run."""
+        state, cfg = self.state, self.cfg.train
+        if progress is not None:
+            progress.update(1)
+        if state.step % cfg.log_every == 0 or state.step == self.total_steps:
+            self.log_step(progress)
+        if cfg.eval_every and state.step % cfg.eval_every == 0:
+            self.evaluate()
+            self.save()
+        elif cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+            self.save()
+        elif self.checkpoint_due():
+            self.save()
+        self.stop_if_signalled()
 
     def train_step(self, idx: list[int], last_micro_step: bool) -> bool:
         """Forward and backward one micro-batch; the optimizer steps on the last of a step's micro-batches."""
@@ -452,7 +350,7 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict | No
     completed = False
     heartbeat = None
     try:
-        distributed.setup_logging(info.rank, all_ranks=cfg.train.log_all_ranks)
+        distributed.setup_logging(info.rank)  # records of rank 0 only
         heartbeat = Heartbeat.for_job(info.rank, info.world_size, cfg.train.pg_timeout_s)
         stop.install()
         trainer = Trainer(cfg, info, stop, resume, overwrite)

@@ -4,7 +4,7 @@
         [section.option=value ...]
 
 Builds the recipe's model, engine and batches exactly as ``python -m train`` does (``train.trainer.Trainer``,
-the overrides applied last, e.g. ``optim.fused=false train.attention=sdpa`` for the levers as they were), then
+the overrides applied last, e.g. ``train.attention=sdpa`` for the attention as it was), then
 times the first ``--steps`` batches of the first epoch after 3 warm-up batches, each phase on its own, in
 training mode (dropout on).
 """
