@@ -62,7 +62,7 @@ def _child(args, shard: int, out: Path, sleep_s: float, slow: float, times: Path
         from infer import runner, tagger
         from infer.__main__ import main
 
-        run_batch = tagger.TextTagger.run
+        run_batch = tagger.TextTagger.run_spans  # the model side ner-tag calls (TextTagger.run calls it too)
         last = [None]
 
         def paced(self, prep, *a):
@@ -76,7 +76,7 @@ def _child(args, shard: int, out: Path, sleep_s: float, slow: float, times: Path
             last[0] = time.time()
             return result
 
-        tagger.TextTagger.run = paced
+        tagger.TextTagger.run_spans = paced
         tag_parts = runner._tag_parts
 
         def timed(*a, **k):
