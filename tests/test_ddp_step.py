@@ -92,9 +92,6 @@ def test_a_ddp_step_adds_one_bucketed_all_reduce_and_nothing_that_grows_with_ran
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.timeout(TIMEOUT_S + 60)
-@pytest.mark.xfail(strict=True, reason="TorchEngine runs the forward of an accumulating micro-batch outside "
-                   "DDP.no_sync (only its backward is inside), so DDP all-reduces the gradients after every "
-                   "micro-batch, optim.grad_accum times a step")
 def test_gradient_accumulation_all_reduces_once_per_optimizer_step(tmp_path, tiny_bert_dir, tiny_data_json):
     two = _run(tmp_path / "out", 2, tiny_bert_dir, tiny_data_json, "optim.grad_accum=2")
     for rank in two:

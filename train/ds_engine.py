@@ -34,6 +34,7 @@ weights and is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -169,6 +170,10 @@ class DeepSpeedEngine:
         log.info("DeepSpeed %s: ZeRO stage %d, %s, gradient accumulation %d, clipping %s", deepspeed.__version__,
                  self.zero_stage, precision, self.model.gradient_accumulation_steps(),
                  self.model.gradient_clipping() or "off")
+
+    def micro_batch(self, last_micro_step: bool):
+        """DeepSpeed reduces on its accumulation boundary (set in :meth:`backward`): nothing to enter."""
+        return contextlib.nullcontext()
 
     def forward(self, batch):
         return self.model(batch)

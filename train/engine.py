@@ -1,12 +1,13 @@
 """Training engines: who does backward, optimizer step, accumulation and checkpoint I/O.
 
-The loop talks to an engine only through this interface (``forward``,
-``backward``, ``step``, ``lr``, ``train``, ``save``, ``load``, ``module``), so
+The loop talks to an engine only through this interface (``micro_batch``,
+``forward``, ``backward``, ``step``, ``lr``, ``train``, ``save``, ``load``, ``module``), so
 plain torch (one process or DDP) and DeepSpeed run the same loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 
@@ -42,18 +43,20 @@ class TorchEngine:
         self.optimizer, self.scheduler = build_optimizer(self.module, cfg.optim, total_steps)
         self.precision = resolve_precision(cfg.train.precision, info.device, training=True)
 
+    def micro_batch(self, last_micro_step: bool):
+        """The context of one micro-batch's forward and backward: DDP all-reduces the gradients only on the last
+        micro-batch of an optimizer step (its reducer is armed in the forward, so the forward belongs inside)."""
+        if self.info.distributed and not last_micro_step:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
     def forward(self, batch):
         with autocast(self.info.device, self.precision):
             return self.model(batch)
 
     def backward(self, loss, last_micro_step: bool):
-        """Accumulate gradients; DDP only all-reduces on the last micro-step of an optimizer step."""
-        scaled = loss / self.grad_accum
-        if self.info.distributed and not last_micro_step:
-            with self.model.no_sync():
-                scaled.backward()
-        else:
-            scaled.backward()
+        """Accumulate gradients, scaled so that a step's micro-batches average."""
+        (loss / self.grad_accum).backward()
 
     def step(self) -> None:
         if self.max_grad_norm > 0:  # 0 = no clipping, as in DeepSpeed

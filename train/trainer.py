@@ -198,8 +198,9 @@ class Trainer:
         batch = collate_windows([self.windows["train"][i] for i in idx], self.windower.pad_id)
         self.window.tokens += int(batch["attention_mask"].sum())  # counted on the host, before the copy
         batch = {k: v.to(self.info.device, non_blocking=True) for k, v in batch.items()}
-        loss = self.engine.forward(batch)["loss"]
-        self.engine.backward(loss, last_micro_step)
+        with self.engine.micro_batch(last_micro_step):
+            loss = self.engine.forward(batch)["loss"]
+            self.engine.backward(loss, last_micro_step)
         self.window.loss = self.window.loss + loss.detach().double()
         self.window.micro_batches += 1
         if last_micro_step:
