@@ -1,5 +1,5 @@
-"""The training speed levers: torch AdamW's fused kernel, the encoder's attention, cheap dropout masks and frozen
-word-piece embeddings."""
+"""The training speed levers: torch AdamW's fused kernel, the encoder's attention, cheap dropout masks, frozen
+word-piece embeddings and where the BiLSTM's embedding starts."""
 
 from __future__ import annotations
 
@@ -182,3 +182,21 @@ def test_frozen_bert_word_embeddings_stay_as_loaded(tmp_path, tiny_bert_dir, tin
     trained_position = next(v for k, v in trained.items() if k.endswith(position))
     assert torch.equal(trained_word, next(v for k, v in start.items() if k.endswith(word)))
     assert not torch.equal(trained_position, next(v for k, v in start.items() if k.endswith(position)))
+
+
+@pytest.mark.parametrize("init", [True, False])
+def test_bilstm_embedding_starts_from_the_encoders_input_embeddings_or_not(tiny_bert_dir, init):
+    """``model.init_embeddings``: the BiLSTM's word-piece table starts as the encoder's (frozen, it stays so)
+    or from a random draw."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from taggers.config import ModelConfig
+    from taggers.models import build_tagger
+
+    mcfg = ModelConfig(type="bilstm", lstm_hidden=8, lstm_layers=1, casing_dim=4, init_embeddings=init)
+    model = build_tagger(mcfg, ["O", "B-PER", "I-PER"], str(tiny_bert_dir), AutoTokenizer.from_pretrained(tiny_bert_dir))
+    source = next(v for k, v in load_file(str(tiny_bert_dir / "model.safetensors")).items()
+                  if k.endswith("embeddings.word_embeddings.weight"))
+    assert model.embedding.weight.shape == source.shape  # embedding_dim 0: the encoder's hidden size
+    assert torch.equal(model.embedding.weight.detach(), source) == init
