@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .precision import register_eager_masks
+
 DROPOUT_KERNELS = ("auto", "torch", "fast")
 FAST_EAGER = "eager_fast_dropout"  # the attention implementation registered below
 # Encoders whose eager attention is BERT's (the same ``eager_attention_forward`` in transformers 5); any other
@@ -76,7 +78,6 @@ def use_fast_dropout(model: nn.Module) -> None:
     """Every ``nn.Dropout`` of ``model`` becomes a :class:`FastDropout` of the same ``p``, in place; a Hugging
     Face encoder of the BERT family with eager attention switches to :data:`FAST_EAGER`."""
     from transformers import AttentionInterface, PreTrainedModel
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
     for parent in list(model.modules()):
         for name, child in parent.named_children():
@@ -85,7 +86,7 @@ def use_fast_dropout(model: nn.Module) -> None:
     AttentionInterface.register(FAST_EAGER, eager_fast_dropout)
     # Transformers builds attention masks per implementation and passes none to one it does not know:
     # this one takes eager attention's (additive) masks.
-    ALL_MASK_ATTENTION_FUNCTIONS.register(FAST_EAGER, eager_mask)
+    register_eager_masks(FAST_EAGER)
     for module in model.modules():
         if (isinstance(module, PreTrainedModel) and module.config.model_type in BERT_ATTENTION
                 and module.config._attn_implementation == "eager"):

@@ -35,6 +35,7 @@ from torch import nn
 from common.encoding import IGNORE_INDEX, PieceWindower
 
 from .models import ExportError, load_failure, quiet_transformers
+from .precision import register_eager_masks
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ class HFTokenClassifier(nn.Module):
     def __init__(self, hf_model: nn.Module, labels: list[str]):
         super().__init__()
         self.hf_model = hf_model
+        register_eager_masks()  # no host read of the mask in a forward with eager attention
         self.labels = list(labels)
         self.max_positions = max_positions(hf_model.config, hf_model)
         self.constrained_decoding = False  # not used: the argmax path (train.evaluate may set it)

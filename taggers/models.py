@@ -17,6 +17,7 @@ from common.encoding import CASING_CLASSES, IGNORE_INDEX
 
 from .config import ModelConfig
 from .decoding import ConstrainedCRF, compact, crf_marginals, iob2_allowed, iob2_penalties, viterbi
+from .precision import register_eager_masks
 
 WEIGHTS = "model.safetensors"
 
@@ -279,6 +280,7 @@ class BertTagger(TaggerBase):
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # unused by a token tagger; DDP refuses parameters without gradients
         self.encoder = encoder
+        register_eager_masks()  # no host read of the mask in a forward with eager attention
         self.max_positions = getattr(encoder.config, "max_position_embeddings", None)
         self.hf_compatible = not (use_casing or use_crf)
 

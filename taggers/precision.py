@@ -89,6 +89,22 @@ def attention_of(model) -> str | None:
     return None
 
 
+def padded_eager_mask(*args, **kwargs):
+    """transformers' eager (additive) attention mask, built for a batch without padding too: deciding to skip it
+    reads the mask on the host, a device sync in every forward, and adding its zeros changes no score."""
+    from transformers.masking_utils import eager_mask
+
+    return eager_mask(*args, **{**kwargs, "allow_is_bidirectional_skip": False})
+
+
+def register_eager_masks(*implementations: str) -> None:
+    """Eager attention (and the named implementations that take its masks) gets :func:`padded_eager_mask`."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    for name in ("eager",) + implementations:
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, padded_eager_mask)
+
+
 def use_attention(model, implementation: str) -> None:
     """Every Hugging Face model inside ``model`` computes attention with ``implementation``."""
     from transformers import PreTrainedModel

@@ -200,3 +200,44 @@ def test_bilstm_embedding_starts_from_the_encoders_input_embeddings_or_not(tiny_
                   if k.endswith("embeddings.word_embeddings.weight"))
     assert model.embedding.weight.shape == source.shape  # embedding_dim 0: the encoder's hidden size
     assert torch.equal(model.embedding.weight.detach(), source) == init
+
+
+@pytest.mark.parametrize("attention", ["eager", FAST_EAGER])
+def test_eager_attention_reads_no_mask_on_the_host_and_scores_as_before(tiny_bert_dir, attention, monkeypatch):
+    """transformers reads a 2D padding mask on the host to decide whether to skip it (a device sync per forward
+    on a GPU); the taggers' eager masks are built always, and the outputs stay bit for bit those of transformers'
+    own mask, with padding and without."""
+    from transformers import AutoModel
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    from taggers.precision import padded_eager_mask, register_eager_masks
+
+    encoder = AutoModel.from_pretrained(tiny_bert_dir, attn_implementation="eager").eval()
+    if attention == FAST_EAGER:
+        use_fast_dropout(encoder)
+    ids = torch.randint(5, 50, (3, 9), generator=torch.Generator().manual_seed(0))
+    padded = torch.ones(3, 9, dtype=torch.long)
+    padded[1, 6:] = 0
+    host_reads = []
+    real_bool = torch.Tensor.__bool__
+
+    def forward(mask):
+        monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: host_reads.append(1) or real_bool(t))
+        try:
+            with torch.no_grad():
+                return encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        finally:
+            monkeypatch.setattr(torch.Tensor, "__bool__", real_bool)
+
+    for mask in (padded, torch.ones_like(padded)):
+        ALL_MASK_ATTENTION_FUNCTIONS.register(attention, eager_mask)  # transformers' own
+        try:
+            host_reads.clear()
+            expected = forward(mask)
+            assert host_reads, "transformers' mask no longer reads the mask: padded_eager_mask can go"
+        finally:
+            register_eager_masks(FAST_EAGER)
+        assert ALL_MASK_ATTENTION_FUNCTIONS[attention] is padded_eager_mask
+        host_reads.clear()
+        assert torch.equal(forward(mask), expected)
+        assert not host_reads
