@@ -65,6 +65,12 @@ def test_every_piece_of_a_word_carries_its_word_characters(tokenizer):
     second = context.windows(sentences())[1]
     assert tokenizer.convert_ids_to_tokens(second.input_ids[1:4]) == ["##mann", "visited", "paris"]
     np.testing.assert_array_equal(second.chars[1:4], word_char_rows(["Zwingmann", "visited", "PARIS"]))
+    # document packing: one window of both sentences, each piece with its own word's characters
+    packer = PieceWindower(tokenizer, LABELS, max_length=64, pack_pieces=64, char_features=True)
+    (packed,) = packer.windows(sentences())
+    words = [w for s in sentences() for w in s.tokens]
+    counts = [len(p) for s in packer.word_pieces([s.tokens for s in sentences()]) for p in s]
+    np.testing.assert_array_equal(packed.chars[1:-1], np.repeat(word_char_rows(words), counts, axis=0))
     # off: no characters anywhere
     plain = PieceWindower(tokenizer, LABELS, max_length=64)
     assert all(w.chars is None for w in plain.windows(sentences()))
