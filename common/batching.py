@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .encoding import CASE_PAD, IGNORE_INDEX, EncodedWindow
+from .encoding import CASE_PAD, IGNORE_INDEX, MAX_WORD_CHARS, EncodedWindow
 
 
 def token_budget_batches(lengths: Sequence[int], max_tokens: int, shuffle: bool = True, seed: int = 0,
@@ -145,6 +145,11 @@ def collate_windows(windows: Sequence[EncodedWindow], pad_id: int = 0) -> dict[s
         for r in taught:
             soft[r, :len(windows[r])] = torch.from_numpy(windows[r].soft.astype(np.float32))
         extra["soft_labels"] = soft
+    if windows[0].chars is not None:  # character features: each piece's word's characters
+        chars = torch.zeros(*size, MAX_WORD_CHARS, dtype=torch.int16)
+        for r, w in enumerate(windows):
+            chars[r, :len(w)] = torch.from_numpy(w.chars)
+        extra["chars"] = chars
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,

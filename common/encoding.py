@@ -21,6 +21,8 @@ Conventions (the same everywhere in the project):
 * distillation: a sentence without tags may carry its teacher's word probabilities (``extra["soft"]``,
   [words, labels]); its first pieces get them, its continuation pieces the same with ``B-X`` moved to
   ``I-X`` (the tag rule above), as ``EncodedWindow.soft``;
+* optional character features (``char_features``): every piece carries the characters of its word
+  (:func:`char_rows`, case kept), so that a character encoder sees the whole word on each of its pieces;
 * optional document packing: consecutive sentences of one document that fit
   together share one window, each of them labelled and predicted there (its
   neighbours are its context, at no extra compute per labelled piece).  A
@@ -44,6 +46,32 @@ IGNORE_INDEX = -100
 # Casing classes of a word, computed from the original text (the default encoder is uncased).
 CASING_CLASSES = ("pad", "lower", "title", "upper", "mixed", "digits", "other")
 CASE_PAD, CASE_LOWER, CASE_TITLE, CASE_UPPER, CASE_MIXED, CASE_DIGITS, CASE_OTHER = range(7)
+
+
+# Character features: the first MAX_WORD_CHARS characters of a word, each as an id of a table of CHAR_VOCAB
+# rows (0 = no character): code points 1-255 keep their own row, all others share rows 256-511 by code point.
+MAX_WORD_CHARS = 20
+CHAR_VOCAB = 512
+
+
+def char_rows(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """int16 [words, MAX_WORD_CHARS]: the character ids of the words ``codes[starts[i]:ends[i]]`` (code points),
+    cut after MAX_WORD_CHARS characters, 0 after a word's end.  The windower and the batch tagger both call it,
+    so training and tagging see the same ids."""
+    starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+    at = starts[:, None] + np.arange(MAX_WORD_CHARS)[None, :]
+    inside = at < ends[:, None]
+    c = codes[np.where(inside, at, 0)].astype(np.int64) if len(codes) else np.zeros(at.shape, dtype=np.int64)
+    ids = np.where((c > 0) & (c < 256), c, 256 + c % 256)
+    return np.where(inside, ids, 0).astype(np.int16)
+
+
+def word_char_rows(words: Sequence[str]) -> np.ndarray:
+    """:func:`char_rows` of a list of words (Python strings)."""
+    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    ends = np.cumsum(lengths)
+    codes = np.frombuffer("".join(words).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return char_rows(codes, ends - lengths, ends)
 
 
 def casing_class(word: str) -> int:
@@ -82,6 +110,9 @@ class EncodedWindow:
     soft: np.ndarray | None = None
     """Distillation: float16 [pieces, labels], the teacher's probabilities where a piece is taught (rows of
     zeros elsewhere); None in windows of labelled sentences."""
+    chars: np.ndarray | None = None
+    """Character features: int16 [pieces, MAX_WORD_CHARS], each piece's word as :func:`char_rows` (rows of
+    zeros for special tokens); None when the windower makes none."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -190,12 +221,13 @@ class PieceWindower:
     of document context on each side (FLERT-style).  ``pack_pieces`` > 0 packs
     consecutive sentences of a document into windows of up to that many
     pieces (special tokens included); sentences without a document, or
-    longer than that, keep windows of their own.
+    longer than that, keep windows of their own.  ``char_features`` adds
+    each piece's word's characters (``EncodedWindow.chars``).
     """
 
     def __init__(self, tokenizer, labels: Sequence[str], max_length: int = 512,
                  label_all_pieces: bool = True, context_pieces: int = 0, window_stride: float = 0.5,
-                 pack_pieces: int = 0):
+                 pack_pieces: int = 0, char_features: bool = False):
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("a fast (Rust) tokenizer is needed for word_ids(); got " + type(tokenizer).__name__)
         self.tokenizer = tokenizer
@@ -211,6 +243,7 @@ class PieceWindower:
         self.context_pieces = context_pieces
         self.window_stride = window_stride
         self.pack_pieces = min(pack_pieces, self.max_length)
+        self.char_features = char_features
         self.cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
         self.sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
         self.unk_id = tokenizer.unk_token_id
@@ -245,6 +278,7 @@ class PieceWindower:
         """
         pieces = self.word_pieces([s.tokens for s in sentences])
         casings = [[casing_class(w) for w in s.tokens] for s in sentences]
+        chars = [word_char_rows(s.tokens) for s in sentences] if self.char_features else None
         budget = self.max_length - self.num_special
         if budget < 1:
             raise ValueError(f"max_length {self.max_length} leaves no room for word pieces")
@@ -255,7 +289,7 @@ class PieceWindower:
         out: list[EncodedWindow] = []
         for si, sent in enumerate(sentences):
             if si in pack_at:
-                out.append(self._packed_window(sentences, pieces, casings, pack_at[si], with_labels))
+                out.append(self._packed_window(sentences, pieces, casings, chars, pack_at[si], with_labels))
             if si in packed:
                 continue
             counts = [min(len(p), budget) for p in pieces[si]]
@@ -265,13 +299,16 @@ class PieceWindower:
             for wi, (a, b) in enumerate(windows):
                 if not any(owners[w] == wi for w in range(a, b)):
                     continue  # predicts no word (its words are more central elsewhere): all -100, skip it
-                ids, labels, casing, word_index, scored, taught = self._window_body(
+                ids, labels, casing, word_index, scored, taught, window_chars = self._window_body(
                     (pieces[si][w][:budget], casings[si][w], w if owners[w] == wi else -1,
-                     None if tags is None else tags[w], None if soft is None else soft[w]) for w in range(a, b))
+                     None if tags is None else tags[w], None if soft is None else soft[w],
+                     None if chars is None else chars[si][w]) for w in range(a, b))
                 room = budget - len(ids)
                 if self.context_pieces > 0 and room > 0:
-                    left, left_case = self._context(sentences, pieces, casings, si, -1, min(self.context_pieces, room // 2 + room % 2))
-                    right, right_case = self._context(sentences, pieces, casings, si, +1, min(self.context_pieces, room - len(left)))
+                    left, left_case, left_chars = self._context(sentences, pieces, casings, chars, si, -1,
+                                                                min(self.context_pieces, room // 2 + room % 2))
+                    right, right_case, right_chars = self._context(sentences, pieces, casings, chars, si, +1,
+                                                                   min(self.context_pieces, room - len(left)))
                     n_left, n_right = len(left), len(right)
                     ids = left + ids + right
                     casing = left_case + casing + right_case
@@ -279,20 +316,24 @@ class PieceWindower:
                     word_index = [-1] * n_left + word_index + [-1] * n_right
                     scored = [0] * n_left + scored + [0] * n_right
                     taught = None if taught is None else _pad_rows(taught, n_left, n_right)
-                out.append(self._wrap(si, ids, labels, casing, word_index, scored, taught))
+                    if window_chars is not None:
+                        window_chars = np.concatenate([left_chars, window_chars, right_chars])
+                out.append(self._wrap(si, ids, labels, casing, word_index, scored, taught, window_chars))
         return out
 
     def _window_body(self, words):
-        """Pieces, labels, casing, word_index, scored flags and teacher probabilities (or None) of a window's
-        words, each given as (its pieces, its casing class, its word_index or -1 when another window owns it,
-        its tag or None, its teacher probabilities or None)."""
+        """Pieces, labels, casing, word_index, scored flags, teacher probabilities (or None) and characters (or
+        None) of a window's words, each given as (its pieces, its casing class, its word_index or -1 when another
+        window owns it, its tag or None, its teacher probabilities or None, its character row or None)."""
         ids: list[int] = []
         labels: list[int] = []
         casing: list[int] = []
         word_index: list[int] = []
         scored: list[int] = []
         soft_rows: list[tuple[int, int, np.ndarray]] = []  # (first piece, pieces, word distribution)
-        for wp, case, index, tag, dist in words:
+        word_rows: list[np.ndarray] = []
+        char_counts: list[int] = []
+        for wp, case, index, tag, dist, word_chars in words:
             owned = index >= 0
             ids.extend(wp)
             casing.extend([case] * len(wp))
@@ -300,6 +341,9 @@ class PieceWindower:
             word_index.extend([-1] * (len(wp) - 1))
             scored.append(int(owned))
             scored.extend([int(owned and self.label_all_pieces)] * (len(wp) - 1))
+            if word_chars is not None:
+                word_rows.append(word_chars)
+                char_counts.append(len(wp))
             if dist is not None and owned:
                 soft_rows.append((len(ids) - len(wp), len(wp), dist))
             if tag is not None and owned:
@@ -313,9 +357,10 @@ class PieceWindower:
                 taught[first] = dist
                 if n > 1 and self.label_all_pieces:
                     taught[first + 1:first + n] = dist.astype(np.float32) @ self.continuation
-        return ids, labels, casing, word_index, scored, taught
+        window_chars = np.repeat(np.stack(word_rows), char_counts, axis=0) if word_rows else None
+        return ids, labels, casing, word_index, scored, taught, window_chars
 
-    def _packed_window(self, sentences, pieces, casings, pack, with_labels) -> EncodedWindow:
+    def _packed_window(self, sentences, pieces, casings, chars, pack, with_labels) -> EncodedWindow:
         """One window holding whole sentences ``pack`` (consecutive, one document), every word owned;
         ``word_index`` counts on through the pack's sentences."""
         first = [0]
@@ -324,7 +369,8 @@ class PieceWindower:
             targets.append(self._targets(sentences[si], with_labels))
             first.append(first[-1] + len(pieces[si]))
         body = self._window_body(
-            (wp, casings[si][w], first[k] + w, *(None if t is None else t[w] for t in targets[k]))
+            (wp, casings[si][w], first[k] + w, *(None if t is None else t[w] for t in targets[k]),
+             None if chars is None else chars[si][w])
             for k, si in enumerate(pack) for w, wp in enumerate(pieces[si]))
         return self._wrap(pack[0], *body)
 
@@ -338,10 +384,12 @@ class PieceWindower:
             raise ValueError(f"sentence {sentence.index} has no tags")
         return tags, soft
 
-    def _context(self, sentences, pieces, casings, si, direction, limit):
-        """Up to ``limit`` pieces of the same document before (-1) or after (+1) sentence ``si``."""
+    def _context(self, sentences, pieces, casings, chars, si, direction, limit):
+        """Up to ``limit`` pieces of the same document before (-1) or after (+1) sentence ``si``: their ids,
+        casing classes and character rows (None without ``chars``)."""
         ids: list[int] = []
         case: list[int] = []
+        parts: list[np.ndarray] = []
         doc = sentences[si].doc
         j = si + direction
         while limit > 0 and doc is not None and 0 <= j < len(sentences) and sentences[j].doc == doc:
@@ -355,11 +403,19 @@ class PieceWindower:
                 take = sent_ids[:limit]
                 ids = ids + take
                 case = case + sent_case[:len(take)]
+            if chars is not None:
+                rows = np.repeat(chars[j], [len(wp) for wp in pieces[j]], axis=0)
+                if direction < 0:
+                    parts.insert(0, rows[len(rows) - len(take):])
+                else:
+                    parts.append(rows[:len(take)])
             limit -= len(take)
             j += direction
-        return ids, case
+        if chars is None:
+            return ids, case, None
+        return ids, case, np.concatenate(parts) if parts else np.zeros((0, MAX_WORD_CHARS), dtype=np.int16)
 
-    def _wrap(self, si, ids, labels, casing, word_index, scored, taught=None) -> EncodedWindow:
+    def _wrap(self, si, ids, labels, casing, word_index, scored, taught=None, chars=None) -> EncodedWindow:
         if self.cls_id is not None:
             ids = [self.cls_id] + ids
             labels = [IGNORE_INDEX] + labels
@@ -374,4 +430,6 @@ class PieceWindower:
             scored = scored + [0]
         if taught is not None:
             taught = _pad_rows(taught, int(self.cls_id is not None), int(self.sep_id is not None))
-        return EncodedWindow(si, ids, labels, casing, word_index, scored, taught)
+        if chars is not None:
+            chars = _pad_rows(chars, int(self.cls_id is not None), int(self.sep_id is not None))
+        return EncodedWindow(si, ids, labels, casing, word_index, scored, taught, chars)

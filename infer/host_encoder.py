@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from common.encoding import CASE_PAD, assign_owners, plan_windows
+from common.encoding import CASE_PAD, assign_owners, char_rows, plan_windows
 
 from .vocabulary import Pieces, Vocabulary, distinct_words, joined_words_tokenizer
 from .word_arrays import WordBuffer, casing_classes, pack_chunks, ranges_index, sentence_bounds, split_texts
@@ -66,7 +66,8 @@ class HostEncoder:
         # by default a chunk holds what the model was trained on: a packed window (document packing) or a window
         packed = windower.pack_pieces - windower.num_special if windower.pack_pieces else self.budget
         self.chunk_pieces = min(chunk_pieces if chunk_pieces > 0 else packed, self.budget)
-        for name in ("cls_id", "sep_id", "unk_id", "pad_id", "label_all_pieces", "context_pieces", "window_stride"):
+        for name in ("cls_id", "sep_id", "unk_id", "pad_id", "label_all_pieces", "context_pieces", "window_stride",
+                     "char_features"):
             setattr(self, name, getattr(windower, name))
         self._joined = joined_words_tokenizer(windower.tokenizer)
         self.tokenizer = windower.tokenizer if self._joined is None else None  # words encoded one by one
@@ -260,6 +261,8 @@ class HostEncoder:
         total = int(win_first[-1])
         input_ids = np.empty(total, dtype=np.int64)
         case = np.full(total, CASE_PAD, dtype=np.int64)
+        # character features: each piece's word (-1: none), whose character row the batches gather
+        word = np.full(total, -1, dtype=np.int64) if w.char_features else None
         word_index = np.full(total, -1, dtype=np.int64)
         scored = np.zeros(total, dtype=bool)
         if n_cls:
@@ -275,6 +278,8 @@ class HostEncoder:
         dst = ranges_index(pair_at, pair_at + pair_len)
         input_ids[dst] = pieces.ids[ranges_index(pieces.first[pair_word], pieces.first[pair_word] + pair_len)]
         case[dst] = np.repeat(casing[pair_word], pair_len)
+        if word is not None:
+            word[dst] = np.repeat(pair_word, pair_len)
         owned = owner[pair_word] == pair_win
         word_index[pair_at[owned]] = pair_word[owned] - chunk_first[win_chunk[pair_win[owned]]]
         if w.label_all_pieces:
@@ -291,8 +296,13 @@ class HostEncoder:
                 dst = ranges_index(dst_start, dst_start + n_ctx)
                 input_ids[dst] = pieces.ids[src]
                 case[dst] = casing[piece_word[src]]
-        return {"input_ids": input_ids, "casing": case, "word_index": word_index, "scored": scored,
-                "first": win_first, "length": length, "sentence": win_chunk}
+                if word is not None:
+                    word[dst] = piece_word[src]
+        out = {"input_ids": input_ids, "casing": case, "word_index": word_index, "scored": scored,
+               "first": win_first, "length": length, "sentence": win_chunk}
+        if word is not None:
+            out["word"] = word
+        return out
 
     # ------------------------------------------------------------------ batches
     def _batches(self, win: dict[str, np.ndarray]) -> tuple[list[dict[str, np.ndarray]], int, int]:
@@ -321,7 +331,7 @@ class HostEncoder:
         cols = np.arange(width)
         mask = cols[None, :] < lens[:, None]
         src = np.where(mask, win["first"][idx][:, None] + cols[None, :], 0)
-        return {
+        batch = {
             "input_ids": np.where(mask, win["input_ids"][src], self.pad_id),
             "attention_mask": mask.astype(np.int64),
             "casing": np.where(mask, win["casing"][src], CASE_PAD),
@@ -329,6 +339,9 @@ class HostEncoder:
             "scored": mask & win["scored"][src],
             "sentence": win["sentence"][idx].astype(np.int64),
         }
+        if "word" in win:  # the last row of word_chars is all zeros: special tokens and padding
+            batch["chars"] = win["word_chars"][np.where(mask, win["word"][src], -1)]
+        return batch
 
     # ------------------------------------------------------------------ all together
     def encode(self, texts: Sequence) -> Prepared:
@@ -352,5 +365,8 @@ class HostEncoder:
         prep.chunk_first_word = chunk_first
         casing = casing_classes(buf).astype(np.int64)
         win = self._windows(pieces, casing, chunk_first, chunk_end, word_row[chunk_first], buf.row_first_word)
+        if self.char_features:
+            rows = char_rows(buf.codes, buf.word_start, buf.word_end)
+            win["word_chars"] = np.concatenate([rows, np.zeros((1, rows.shape[1]), dtype=rows.dtype)])
         prep.batches, prep.num_pieces, prep.padded_pieces = self._batches(win)
         return prep

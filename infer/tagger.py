@@ -23,8 +23,9 @@ The work is split in two so that the CPU part runs beside the model (see :mod:`i
     window, and every long text with ``chunking="windows"``, is split into overlapping windows (each word
     predicted from the window where it has the most context; ``common.encoding.plan_windows`` and
     ``assign_owners``).  Nothing is truncated or dropped.  Texts that fit in one window are never cut;
-  - windows (special tokens, FLERT context, ``word_index``/``scored``/``casing`` per piece) as one flat
-    array, sorted by length and cut into token-budget batches, each padded by one fancy-indexing gather.
+  - windows (special tokens, FLERT context, ``word_index``/``scored``/``casing`` per piece, and ``chars`` for a
+    model with character features) as one flat array, sorted by length and cut into token-budget batches, each
+    padded by one fancy-indexing gather.
 
   The windows and batches are exactly those of ``PieceWindower.windows`` + ``token_budget_batches`` +
   ``collate_windows`` (the training code path, which stays as it is).
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 
 # batch keys the models read (labels are left out: no loss at inference)
 _MODEL_KEYS = ("input_ids", "attention_mask", "casing", "word_index", "scored", "sentence")
+_FEATURE_KEYS = ("chars",)
+"""Batch keys of the features only some models read (present when the windower makes them)."""
 
 
 @dataclass
@@ -302,7 +305,7 @@ class TextTagger:
         batches = []
         for b in prep.batches:
             if isinstance(b["input_ids"], np.ndarray):
-                b = {k: torch.from_numpy(b[k]) for k in _MODEL_KEYS}
+                b = {k: torch.from_numpy(b[k]) for k in _MODEL_KEYS + _FEATURE_KEYS if k in b}
             if self.pin:
                 b = {k: v.pin_memory() for k, v in b.items()}
             batches.append(b)

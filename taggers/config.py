@@ -51,6 +51,9 @@ class ModelConfig:
     lstm_hidden: int = opt(256, at_least=1)
     """Hidden size per direction."""
     lstm_layers: int = opt(2, at_least=1)
+    char_dim: int = opt(0, at_least=0)
+    """Character features: a character CNN's vector of each word (this many filters), concatenated to each of
+    its pieces before the LSTM, so that spelling, affixes and case reach the tagger whole (0 = off)."""
     init_from: str = ""
     """Start from an existing export of the same tagger and tag set (fine-tuning further)."""
 

@@ -50,12 +50,13 @@ def load_tokenizer(path: str):
 
 
 def make_windower(mcfg: ModelConfig, labels, tokenizer, model: TaggerBase) -> PieceWindower:
-    """The windower for this model: windows no longer than the model's position embeddings."""
+    """The windower for this model: windows no longer than the model's position embeddings, with the
+    characters of each piece's word when the model reads them."""
     max_length = mcfg.max_length
     if model.max_positions:
         max_length = min(max_length, model.max_positions)
     return PieceWindower(tokenizer, labels, max_length, mcfg.label_all_pieces, mcfg.context_pieces,
-                         pack_pieces=mcfg.pack_pieces)
+                         pack_pieces=mcfg.pack_pieces, char_features=model.char_dim > 0)
 
 
 def weights_checksum(path: str) -> str:

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from common.encoding import CASING_CLASSES, IGNORE_INDEX
+from common.encoding import CASING_CLASSES, CHAR_VOCAB, IGNORE_INDEX
 
 from .config import ModelConfig
 from .decoding import ConstrainedCRF, compact, crf_marginals, iob2_allowed, iob2_penalties, viterbi
@@ -67,6 +67,8 @@ class TaggerBase(nn.Module):
     hf_compatible = False
     max_positions: int | None = None
     """Longest input the model accepts (None: any)."""
+    char_dim = 0
+    """Size of the character features the tagger reads (0: none, and its windows carry no characters)."""
 
     def __init__(self, labels: list[str], feature_dim: int, use_casing: bool, casing_dim: int,
                  use_crf: bool, dropout: float, constrained_decoding: bool = True):
@@ -337,6 +339,28 @@ class BertTagger(TaggerBase):
         return {"encoder": enc, "head": [p for p in self.parameters() if id(p) not in ids]}
 
 
+class CharCNN(nn.Module):
+    """A word's characters to one vector (Ma and Hovy 2016): character embeddings, one convolution of width 3,
+    max-pooled over the word's characters.  Its input holds, per piece, the characters of the piece's word
+    (``common.encoding.char_rows``) rather than an index into a per-batch table of words: every encoding path
+    already works per piece, and convolving a word once per piece costs little next to the LSTM."""
+
+    embedding_dim = 30
+    width = 3
+
+    def __init__(self, out_dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(CHAR_VOCAB, self.embedding_dim, padding_idx=0)
+        self.conv = nn.Conv1d(self.embedding_dim, out_dim, self.width, padding=self.width // 2)
+
+    def forward(self, chars: torch.Tensor) -> torch.Tensor:  # [B, T, C] character ids -> [B, T, out_dim]
+        present = chars != 0
+        x = self.embedding(chars.long()).flatten(0, 1).transpose(1, 2)  # [B*T, E, C]
+        h = self.conv(x).unflatten(0, chars.shape[:2])  # [B, T, out_dim, C]
+        h = h.masked_fill(~present[:, :, None, :], float("-inf")).amax(-1)  # the pool sees no padding
+        return torch.where(present.any(-1, keepdim=True), h, 0.0)  # special tokens and padding: zeros
+
+
 class BiLSTMTagger(TaggerBase):
     """Word-piece embedding, bidirectional LSTM, feed-forward head."""
 
@@ -344,19 +368,27 @@ class BiLSTMTagger(TaggerBase):
 
     def __init__(self, labels, vocab_size: int, embedding_dim: int, lstm_hidden=256, lstm_layers=2,
                  use_casing=True, casing_dim=16, use_crf=False, dropout=0.1, pad_id=0,
-                 freeze_embeddings=False, constrained_decoding=True):
+                 freeze_embeddings=False, constrained_decoding=True, char_dim=0):
         super().__init__(labels, 2 * lstm_hidden, use_casing, casing_dim, use_crf, dropout, constrained_decoding)
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
         self.embedding.weight.requires_grad_(not freeze_embeddings)
-        lstm_in = embedding_dim + (casing_dim if use_casing else 0)
+        lstm_in = embedding_dim + (casing_dim if use_casing else 0) + char_dim
         self.input_dropout = nn.Dropout(dropout)
         self.lstm = nn.LSTM(lstm_in, lstm_hidden, num_layers=lstm_layers, bidirectional=True, batch_first=True,
                             dropout=dropout if lstm_layers > 1 else 0.0)
+        # made last and only when asked: without it the model draws the same random numbers as before it existed
+        self.char_dim = char_dim
+        self.char_cnn = CharCNN(char_dim) if char_dim else None
 
     def features(self, batch):
         x = self.embedding(batch["input_ids"])
         if self.casing is not None:
             x = torch.cat([x, self.casing(batch["casing"])], dim=-1)
+        if self.char_cnn is not None:
+            if "chars" not in batch:
+                raise ValueError("this tagger reads character features (model.char_dim > 0): its windows need "
+                                 "them (taggers.export.make_windower makes a windower that adds them)")
+            x = torch.cat([x, self.char_cnn(batch["chars"]).to(x.dtype)], dim=-1)
         x = self.input_dropout(x)
         # pack_padded_sequence wants the lengths on the host: from the host's copy of the mask, when the batch
         # carries one, rather than a device sync
@@ -374,7 +406,8 @@ class BiLSTMTagger(TaggerBase):
     @classmethod
     def _new(cls, mcfg, labels, tokenizer, embedding_dim: int) -> "BiLSTMTagger":
         return cls(labels, len(tokenizer), embedding_dim, mcfg.lstm_hidden, mcfg.lstm_layers,
-                   pad_id=tokenizer.pad_token_id or 0, freeze_embeddings=mcfg.freeze_embeddings, **head_options(mcfg))
+                   pad_id=tokenizer.pad_token_id or 0, freeze_embeddings=mcfg.freeze_embeddings,
+                   char_dim=mcfg.char_dim, **head_options(mcfg))
 
     @classmethod
     def build(cls, mcfg, labels, encoder_path, tokenizer):

@@ -197,7 +197,7 @@ def reference_prepare(windower, texts, batch_tokens: int, chunking: str = "sente
         for idx in token_budget_batches(lengths, batch_tokens, shuffle=False):
             batch = collate_windows([windows[i] for i in idx], windower.pad_id)
             batches.append({k: batch[k] for k in ("input_ids", "attention_mask", "casing", "word_index", "scored",
-                                                  "sentence")})
+                                                  "sentence", "chars") if k in batch})
     return batches, chunk_first, row_first, all_starts, all_ends
 
 

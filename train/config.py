@@ -199,6 +199,9 @@ def validate(cfg: Config) -> None:
         problems = check_dataclass(f.name, getattr(cfg, f.name))
         if problems:
             raise ConfigError(problems[0])
+    if cfg.model.char_dim and cfg.model.type != "bilstm":
+        raise ConfigError(f"model.char_dim={cfg.model.char_dim}: character features are a BiLSTM option "
+                          f"(model.type=\"bilstm\"); set model.char_dim=0 for model.type={cfg.model.type!r}")
     if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
         raise ConfigError("train.epochs=0 and train.max_steps=0: nothing to train; set train.epochs >= 1 or "
                           "train.max_steps >= 1")
