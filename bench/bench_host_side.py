@@ -1,7 +1,7 @@
 """The host side of ``ner-tag`` (everything but the model), and end to end against the model alone; run as
 ``bench/bench_infer.py --host-side`` (its options), in one command::
 
-    python bench/bench_infer.py --host-side [--model EXPORT] [--baseline-repo OLD_CHECKOUT] \
+    python bench/bench_infer.py --host-side [--model EXPORT] [--baseline-repo OLD_CHECKOUT] \\
         [--host-rows 100000] [--host-workers 0,1,2] [--e2e-rows 10000] [--precision fp32,bf16]
 
 * host-side words/s: ``ner-tag`` (a fresh process, ``--threads 1``, ``TOKENIZERS_PARALLELISM=false``) over
@@ -134,7 +134,99 @@ def bf16_matmul_peak(threads: int, n: int = 2048, seconds: float = 3.0) -> float
     return 2 * n ** 3 * reps / (time.perf_counter() - t0)
 
 
+def host_runs(args, workers: list[int], null: str, src: str, tmp: str) -> list[dict]:
+    """ner-tag with the near-null model, per host-worker count (and the baseline checkout's), each with the
+    encoder and with a null forward, printed -> their results."""
+    out = []
+    runs = [("baseline", args.baseline_repo, 0)] if args.baseline_repo else []
+    runs += [("this checkout", str(REPO), w) for w in workers]
+    for k, (label, repo, w) in enumerate(runs):
+        for null_forward in (False, True):
+            load = wait_quiet(args)
+            r = tag_in_subprocess(repo, null, src, os.path.join(tmp, f"out_{k}_{int(null_forward)}"),
+                                  None if label == "baseline" else w, null_forward)
+            wps = r["words"] / r["tag_s"]
+            what = f"{label}, {w} host worker(s)" if label != "baseline" else f"{label} ({repo})"
+            forward = "null forward" if null_forward else "1-layer BERT"
+            print(f"{what:40s} {forward:13s}: {r['words']:,} words in {r['tag_s']:6.2f} s = {wps:9,.0f} words/s"
+                  f"   [load {load:.2f}]", flush=True)
+            out.append({"code": label, "repo": repo, "host_workers": w, "forward": forward,
+                        "words": r["words"], "tag_s": r["tag_s"], "words_per_s": round(wps),
+                        "load": round(load, 2)})
+    return out
+
+
+def model_round(args, prec: str, src: str, cpus: int, out: str, k: int) -> tuple[dict, dict]:
+    """One round: the model alone, the same under ner-tag's malloc settings, then ner-tag end to end, printed
+    -> the round's rates and the model-only run."""
+    load = wait_quiet(args)
+    m = model_only(args.model, src, prec, threads=cpus)
+    load_m = wait_quiet(args)
+    mb = model_only(args.model, src, prec, threads=cpus, malloc_like_ner_tag=True)
+    load_e = wait_quiet(args)
+    e = tag_in_subprocess(str(REPO), args.model, src, out, None, False, prec, threads=0)
+    r = {"model_words_per_s": m["words"] / m["seconds"],
+         "model_pieces_per_s": m["pieces"] / m["seconds"],
+         "model_words_per_s_ner_tag_malloc": mb["words"] / mb["seconds"],
+         "e2e_words_per_s": e["words"] / e["tag_s"], "e2e_model_share": e["model_s"] / e["tag_s"],
+         "load_model": load, "load_model_malloc": load_m, "load_e2e": load_e}
+    print(f"{prec:5s} round {k + 1}: model only {r['model_pieces_per_s']:9,.0f} pieces/s "
+          f"{r['model_words_per_s']:8,.0f} words/s [load {load:.2f}]; with ner-tag's malloc settings "
+          f"{r['model_words_per_s_ner_tag_malloc']:8,.0f} words/s [load {load_m:.2f}]; end to end "
+          f"{r['e2e_words_per_s']:8,.0f} words/s ({e['threads']} torch threads) [load {load_e:.2f}]; "
+          f"end to end / model only {r['e2e_words_per_s'] / r['model_words_per_s']:6.1%}; "
+          f"the model's share of ner-tag's own tagging time {r['e2e_model_share']:6.1%}", flush=True)
+    return r, m
+
+
+def model_entry(prec: str, rounds: list[dict], m: dict) -> dict:
+    """The medians of a precision's rounds, printed -> its results entry (``m``: the last model-only run)."""
+    med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    m_wps, mb_wps, e_wps = (med["model_words_per_s"], med["model_words_per_s_ner_tag_malloc"],
+                            med["e2e_words_per_s"])
+    print(f"{prec:5s} median of {len(rounds)}: model only {m_wps:8,.0f} words/s; with ner-tag's malloc "
+          f"settings {mb_wps:8,.0f}; end to end {e_wps:8,.0f}", flush=True)
+    print(f"       end to end / model only {e_wps / m_wps:6.1%}; "
+          f"end to end / model only with ner-tag's malloc settings {e_wps / mb_wps:6.1%}; "
+          f"the model's share of ner-tag's tagging time {med['e2e_model_share']:6.1%}", flush=True)
+    return {"precision": prec, "rounds": [{k: round(v, 2) for k, v in r.items()} for r in rounds],
+            **{k: round(v) for k, v in med.items() if k.endswith("_per_s")},
+            "e2e_model_share": round(med["e2e_model_share"], 4),
+            "ratio": round(e_wps / m_wps, 4), "ratio_same_malloc": round(e_wps / mb_wps, 4),
+            "padded_pieces_per_s": round(m["padded"] / m["seconds"])}
+
+
+def peak_fraction(m: dict, peak: float, cpus: int) -> dict:
+    """The model's bf16 FLOP/s against the matrix-product peak ``peak``, printed -> the entry's extra fields."""
+    achieved = m["flops_per_piece"] * m["padded"] / m["seconds"]
+    print(f"       the model computes {achieved / 1e9:,.0f} GFLOP/s = {achieved / peak:5.1%} of the "
+          f"bf16 matmul peak ({peak / 1e9:,.0f} GFLOP/s, a 2048^3 bf16 product on {cpus} cores; "
+          f"{m['flops_per_piece'] / 1e6:.1f} MFLOP per piece, mean padded window "
+          f"{m['mean_window']:.0f}; last round)", flush=True)
+    return {"gflops": round(achieved / 1e9, 1), "bf16_peak_gflops": round(peak / 1e9, 1),
+            "peak_fraction": round(achieved / peak, 4)}
+
+
+def model_runs(args, precisions: list[str], src: str, cpus: int, tmp: str) -> list[dict]:
+    """Per precision, ``--repeats`` rounds of model only and end to end and their medians, printed -> results."""
+    out = []
+    peak = None
+    for prec in precisions:
+        rounds, m = [], None  # the three runs one after the other, --repeats times, so that drift hits all three
+        for k in range(args.repeats):
+            r, m = model_round(args, prec, src, cpus, os.path.join(tmp, f"out_e2e_{prec}_{k}"), k)
+            rounds.append(r)
+        entry = model_entry(prec, rounds, m)
+        if prec == "bf16" and "flops_per_piece" in m:
+            peak = peak or bf16_matmul_peak(cpus)
+            entry.update(peak_fraction(m, peak, cpus))
+        out.append(entry)
+    return out
+
+
 def host_side(args):
+    """The host-side runs, then with ``--model`` the model-only and end-to-end ones, printed and with ``--json``
+    written."""
     import torch
 
     corpus = (args.corpus or [str(REPO.parent / "shared/corpus/news_sentences.parquet")])[0].partition(":")[0]
@@ -148,71 +240,12 @@ def host_side(args):
         src, texts, name = load_sample(f"{corpus}:{args.host_rows}", tmp)
         print(f"\n== host side: {name}, first {len(texts):,} rows; near-null model (1 layer, hidden 32); "
               "--threads 1 ==", flush=True)
-        runs = [("baseline", args.baseline_repo, 0)] if args.baseline_repo else []
-        runs += [("this checkout", str(REPO), w) for w in workers]
-        for k, (label, repo, w) in enumerate(runs):
-            for null_forward in (False, True):
-                load = wait_quiet(args)
-                r = tag_in_subprocess(repo, null, src, os.path.join(tmp, f"out_{k}_{int(null_forward)}"),
-                                      None if label == "baseline" else w, null_forward)
-                wps = r["words"] / r["tag_s"]
-                what = f"{label}, {w} host worker(s)" if label != "baseline" else f"{label} ({repo})"
-                forward = "null forward" if null_forward else "1-layer BERT"
-                print(f"{what:40s} {forward:13s}: {r['words']:,} words in {r['tag_s']:6.2f} s = {wps:9,.0f} words/s"
-                      f"   [load {load:.2f}]", flush=True)
-                results["host"].append({"code": label, "repo": repo, "host_workers": w, "forward": forward,
-                                        "words": r["words"], "tag_s": r["tag_s"], "words_per_s": round(wps),
-                                        "load": round(load, 2)})
+        results["host"] = host_runs(args, workers, null, src, tmp)
         if args.model:
             e2e_src, e2e_texts, _ = load_sample(f"{corpus}:{args.e2e_rows}", tmp)
             print(f"\n== model {args.model}: first {len(e2e_texts):,} rows of {name}; {cpus} torch threads ==",
                   flush=True)
-            peak = None
-            for prec in precisions:
-                rounds = []  # the three runs one after the other, --repeats times, so that drift hits all three
-                for k in range(args.repeats):
-                    load = wait_quiet(args)
-                    m = model_only(args.model, e2e_src, prec, threads=cpus)
-                    load_m = wait_quiet(args)
-                    mb = model_only(args.model, e2e_src, prec, threads=cpus, malloc_like_ner_tag=True)
-                    load_e = wait_quiet(args)
-                    e = tag_in_subprocess(str(REPO), args.model, e2e_src, os.path.join(tmp, f"out_e2e_{prec}_{k}"),
-                                          None, False, prec, threads=0)
-                    r = {"model_words_per_s": m["words"] / m["seconds"],
-                         "model_pieces_per_s": m["pieces"] / m["seconds"],
-                         "model_words_per_s_ner_tag_malloc": mb["words"] / mb["seconds"],
-                         "e2e_words_per_s": e["words"] / e["tag_s"], "e2e_model_share": e["model_s"] / e["tag_s"],
-                         "load_model": load, "load_model_malloc": load_m, "load_e2e": load_e}
-                    rounds.append(r)
-                    print(f"{prec:5s} round {k + 1}: model only {r['model_pieces_per_s']:9,.0f} pieces/s "
-                          f"{r['model_words_per_s']:8,.0f} words/s [load {load:.2f}]; with ner-tag's malloc settings "
-                          f"{r['model_words_per_s_ner_tag_malloc']:8,.0f} words/s [load {load_m:.2f}]; end to end "
-                          f"{r['e2e_words_per_s']:8,.0f} words/s ({e['threads']} torch threads) [load {load_e:.2f}]; "
-                          f"end to end / model only {r['e2e_words_per_s'] / r['model_words_per_s']:6.1%}; "
-                          f"the model's share of ner-tag's own tagging time {r['e2e_model_share']:6.1%}", flush=True)
-                med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
-                m_wps, mb_wps, e_wps = (med["model_words_per_s"], med["model_words_per_s_ner_tag_malloc"],
-                                        med["e2e_words_per_s"])
-                print(f"{prec:5s} median of {len(rounds)}: model only {m_wps:8,.0f} words/s; with ner-tag's malloc "
-                      f"settings {mb_wps:8,.0f}; end to end {e_wps:8,.0f}", flush=True)
-                print(f"       end to end / model only {e_wps / m_wps:6.1%}; "
-                      f"end to end / model only with ner-tag's malloc settings {e_wps / mb_wps:6.1%}; "
-                      f"the model's share of ner-tag's tagging time {med['e2e_model_share']:6.1%}", flush=True)
-                entry = {"precision": prec, "rounds": [{k: round(v, 2) for k, v in r.items()} for r in rounds],
-                         **{k: round(v) for k, v in med.items() if k.endswith("_per_s")},
-                         "e2e_model_share": round(med["e2e_model_share"], 4),
-                         "ratio": round(e_wps / m_wps, 4), "ratio_same_malloc": round(e_wps / mb_wps, 4),
-                         "padded_pieces_per_s": round(m["padded"] / m["seconds"])}
-                if prec == "bf16" and "flops_per_piece" in m:
-                    peak = peak or bf16_matmul_peak(cpus)
-                    achieved = m["flops_per_piece"] * m["padded"] / m["seconds"]
-                    print(f"       the model computes {achieved / 1e9:,.0f} GFLOP/s = {achieved / peak:5.1%} of the "
-                          f"bf16 matmul peak ({peak / 1e9:,.0f} GFLOP/s, a 2048^3 bf16 product on {cpus} cores; "
-                          f"{m['flops_per_piece'] / 1e6:.1f} MFLOP per piece, mean padded window "
-                          f"{m['mean_window']:.0f}; last round)", flush=True)
-                    entry.update({"gflops": round(achieved / 1e9, 1), "bf16_peak_gflops": round(peak / 1e9, 1),
-                                  "peak_fraction": round(achieved / peak, 4)})
-                results["model"].append(entry)
+            results["model"] = model_runs(args, precisions, e2e_src, cpus, tmp)
     print(f"\nload after: {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:

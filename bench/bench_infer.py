@@ -192,7 +192,103 @@ def peak_rss(cmd: list[str], env: dict) -> tuple[float, float, int]:
     return peak / 2**20, time.perf_counter() - t0, proc.returncode
 
 
+def checked_model(args) -> tuple[str, dict]:
+    """The export to time (``--model``, or one trained by ``--make-export``) and its config; exits unless it is
+    Hugging Face compatible."""
+    model = args.model or (make_export(args.make_export, args.train_steps) if args.make_export else None)
+    if not model:
+        sys.exit("pass --model EXPORT or --make-export RUN_DIR")
+    from taggers.export import read_export_config
+
+    meta = read_export_config(model)  # an export's ner_config.json, or a Hugging Face folder's synthesised one
+    if not meta.get("hf_compatible"):
+        sys.exit(f"{model} is not Hugging Face compatible (train with model.use_casing=false model.use_crf=false)")
+    return model, meta
+
+
+def time_baseline(model: str, texts: list, words: int, args, gpu: str | None):
+    """The baseline pipeline on one sample, printed -> its spans, the offsets it saw, words/s and results entry."""
+    base_spans, seen, base_s, truncated, base_extra = run_baseline(model, texts, args.batch_size, args.device)
+    base_wps = words / base_s
+    gpu_mem = f", peak GPU memory {base_extra['peak_gpu_mib']:,.0f} MiB" if gpu else ""
+    print(f"baseline pipeline (batch_size={args.batch_size}): {base_s:7.1f} s {base_wps:9,.0f} words/s "
+          f"{base_extra['pieces'] / base_s:9,.0f} pieces/s ({truncated} texts truncated at 512 pieces"
+          f"{gpu_mem})", flush=True)
+    entry = {"rows": len(texts), "words": words, "baseline_s": round(base_s, 2),
+             "baseline_words_per_s": round(base_wps, 1), "baseline_truncated": truncated,
+             "baseline_pieces_per_s": round(base_extra["pieces"] / base_s, 1),
+             "baseline_peak_gpu_mib": base_extra["peak_gpu_mib"], "ours": {}}
+    return base_spans, seen, base_wps, entry
+
+
+def report_ours(prec: str, spans: list[set], run: dict, words: int, base_spans: list[set], seen: list[int],
+                base_wps: float, gpu: str | None) -> dict:
+    """One ner-tag run against the baseline, printed -> its results entry."""
+    wps = words / run["tag_s"]
+    f1 = span_f1(spans, base_spans)
+    clipped = [{s for s in x if s[1] <= lim} for x, lim in zip(spans, seen)]
+    f1_seen = span_f1(clipped, base_spans)
+    pps = run["pieces"] / run["tag_s"]
+    gpu_mem = f"; peak GPU memory {run['peak_gpu_mib']:,.0f} MiB" if gpu else ""
+    print(f"ner-tag {prec:5s}: {run['tag_s']:7.1f} s {wps:9,.0f} words/s {pps:9,.0f} pieces/s  "
+          f"speedup {wps / base_wps:4.2f}x  "
+          f"span agreement F1 {f1:.3f} (in the baseline's window {f1_seen:.3f}); padding efficiency "
+          f"{run['padding_efficiency']:.0%}{gpu_mem}", flush=True)
+    return {"tag_s": run["tag_s"], "words_per_s": round(wps, 1),
+            "pieces_per_s": round(pps, 1), "peak_gpu_mib": run["peak_gpu_mib"],
+            "speedup": round(wps / base_wps, 2), "span_f1": round(f1, 4),
+            "span_f1_baseline_window": round(f1_seen, 4),
+            "padding_efficiency": run["padding_efficiency"]}
+
+
+def compare_on_corpus(spec: str, model: str, args, precisions: list[str], threads: int, gpu: str | None,
+                      tmp: str) -> dict:
+    """One corpus sample: the baseline, then ner-tag per precision (and each against fp32), printed -> its
+    results entry."""
+    from infer.word_arrays import split_texts
+
+    path, texts, name = load_sample(spec, tmp)
+    words = split_texts(texts).num_words
+    print(f"\n== {name}: {len(texts)} rows, {words:,} words ==", flush=True)
+    base_spans, seen, base_wps, entry = time_baseline(model, texts, words, args, gpu)
+    entry = {"corpus": name, **entry}
+    ours_spans = {}
+    for prec in precisions:
+        spans, run = run_ours(model, path, prec, threads, tmp, args.device)
+        ours_spans[prec] = spans
+        entry["ours"][prec] = report_ours(prec, spans, run, words, base_spans, seen, base_wps, gpu)
+    if "fp32" in ours_spans:
+        for prec in ours_spans:
+            if prec != "fp32":
+                f1 = span_f1(ours_spans[prec], ours_spans["fp32"])
+                print(f"ner-tag {prec} vs fp32 span agreement F1 {f1:.3f}")
+                entry["ours"][prec]["span_f1_vs_fp32"] = round(f1, 4)
+    return entry
+
+
+def memory_runs(args, corpus: str, model: str, precision: str, threads: int, tmp: str) -> dict:
+    """Peak RSS of ``ner-tag`` (a subprocess) on the first R and R*F rows of ``corpus``, printed -> results."""
+    mem_model = args.memory_model or model
+    first = corpus.partition(":")[0]
+    print(f"\n== peak RSS: ner-tag on the first {args.memory_rows} and {args.memory_rows * args.memory_factor}"
+          f" rows of {Path(first).name} ({mem_model}) ==", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    mem = {}
+    for rows in (args.memory_rows, args.memory_rows * args.memory_factor):
+        sample, _, _ = load_sample(f"{first}:{rows}", tmp)
+        cmd = [sys.executable, "-m", "infer", "--model", mem_model, "--input", sample, "--output",
+               os.path.join(tmp, f"mem_{rows}"), "--device", "cpu", "--precision", precision,
+               "--no-progress", "--buffer-rows", "256", "--rows-per-part", str(max(1, args.memory_rows // 2))]
+        rss, secs, _ = peak_rss(cmd, env)
+        mem[rows] = rss
+        print(f"{rows:7d} rows: peak RSS {rss:8.1f} MiB ({secs:.0f} s)", flush=True)
+    small, big = mem.values()
+    print(f"ratio {big / small:.3f} (goal <= 1.2)")
+    return {"rows": list(mem), "peak_rss_mib": [round(v, 1) for v in mem.values()], "ratio": round(big / small, 3)}
+
+
 def main():
+    """The comparison (or ``--host-side``'s runs), printed and with ``--json`` written."""
     args = parse_args()
     if args.host_side:
         from bench_host_side import host_side
@@ -206,19 +302,10 @@ def main():
     hf_logging.disable_progress_bar()
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    model = args.model or (make_export(args.make_export, args.train_steps) if args.make_export else None)
-    if not model:
-        sys.exit("pass --model EXPORT or --make-export RUN_DIR")
-    from taggers.export import read_export_config
-
-    meta = read_export_config(model)  # an export's ner_config.json, or a Hugging Face folder's synthesised one
-    if not meta.get("hf_compatible"):
-        sys.exit(f"{model} is not Hugging Face compatible (train with model.use_casing=false model.use_crf=false)")
+    model, meta = checked_model(args)
     corpora = args.corpus or [str(REPO.parent / "shared/corpus/news_sentences.parquet") + ":2000",
                               str(REPO.parent / "shared/corpus/reuters21578.parquet") + ":300"]
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    from infer.word_arrays import split_texts
-
     gpu = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else None
     print(f"model {model} ({meta['model_type']}, {sum(1 for _ in meta['labels'])} labels); torch {torch.__version__}, "
           f"{threads} threads; device {args.device}{f' ({gpu})' if gpu else ''}; cpu load before: {os.getloadavg()}")
@@ -226,65 +313,9 @@ def main():
                "cuda": torch.version.cuda, "corpora": []}
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
         for spec in ([] if args.memory_only else corpora):
-            path, texts, name = load_sample(spec, tmp)
-            words = split_texts(texts).num_words
-            print(f"\n== {name}: {len(texts)} rows, {words:,} words ==", flush=True)
-            base_spans, seen, base_s, truncated, base_extra = run_baseline(model, texts, args.batch_size, args.device)
-            base_wps = words / base_s
-            gpu_mem = f", peak GPU memory {base_extra['peak_gpu_mib']:,.0f} MiB" if gpu else ""
-            print(f"baseline pipeline (batch_size={args.batch_size}): {base_s:7.1f} s {base_wps:9,.0f} words/s "
-                  f"{base_extra['pieces'] / base_s:9,.0f} pieces/s ({truncated} texts truncated at 512 pieces"
-                  f"{gpu_mem})", flush=True)
-            entry = {"corpus": name, "rows": len(texts), "words": words, "baseline_s": round(base_s, 2),
-                     "baseline_words_per_s": round(base_wps, 1), "baseline_truncated": truncated,
-                     "baseline_pieces_per_s": round(base_extra["pieces"] / base_s, 1),
-                     "baseline_peak_gpu_mib": base_extra["peak_gpu_mib"], "ours": {}}
-            ours_spans = {}
-            for prec in precisions:
-                spans, run = run_ours(model, path, prec, threads, tmp, args.device)
-                ours_spans[prec] = spans
-                wps = words / run["tag_s"]
-                f1 = span_f1(spans, base_spans)
-                clipped = [{s for s in x if s[1] <= lim} for x, lim in zip(spans, seen)]
-                f1_seen = span_f1(clipped, base_spans)
-                pps = run["pieces"] / run["tag_s"]
-                gpu_mem = f"; peak GPU memory {run['peak_gpu_mib']:,.0f} MiB" if gpu else ""
-                print(f"ner-tag {prec:5s}: {run['tag_s']:7.1f} s {wps:9,.0f} words/s {pps:9,.0f} pieces/s  "
-                      f"speedup {wps / base_wps:4.2f}x  "
-                      f"span agreement F1 {f1:.3f} (in the baseline's window {f1_seen:.3f}); padding efficiency "
-                      f"{run['padding_efficiency']:.0%}{gpu_mem}", flush=True)
-                entry["ours"][prec] = {"tag_s": run["tag_s"], "words_per_s": round(wps, 1),
-                                       "pieces_per_s": round(pps, 1), "peak_gpu_mib": run["peak_gpu_mib"],
-                                       "speedup": round(wps / base_wps, 2), "span_f1": round(f1, 4),
-                                       "span_f1_baseline_window": round(f1_seen, 4),
-                                       "padding_efficiency": run["padding_efficiency"]}
-            if "fp32" in ours_spans:
-                for prec in ours_spans:
-                    if prec != "fp32":
-                        f1 = span_f1(ours_spans[prec], ours_spans["fp32"])
-                        print(f"ner-tag {prec} vs fp32 span agreement F1 {f1:.3f}")
-                        entry["ours"][prec]["span_f1_vs_fp32"] = round(f1, 4)
-            results["corpora"].append(entry)
-
+            results["corpora"].append(compare_on_corpus(spec, model, args, precisions, threads, gpu, tmp))
         if args.memory_rows:
-            mem_model = args.memory_model or model
-            first = (args.corpus or corpora)[0].partition(":")[0]
-            print(f"\n== peak RSS: ner-tag on the first {args.memory_rows} and {args.memory_rows * args.memory_factor}"
-                  f" rows of {Path(first).name} ({mem_model}) ==", flush=True)
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-            mem = {}
-            for rows in (args.memory_rows, args.memory_rows * args.memory_factor):
-                sample, _, _ = load_sample(f"{first}:{rows}", tmp)
-                cmd = [sys.executable, "-m", "infer", "--model", mem_model, "--input", sample, "--output",
-                       os.path.join(tmp, f"mem_{rows}"), "--device", "cpu", "--precision", precisions[-1],
-                       "--no-progress", "--buffer-rows", "256", "--rows-per-part", str(max(1, args.memory_rows // 2))]
-                rss, secs, _ = peak_rss(cmd, env)
-                mem[rows] = rss
-                print(f"{rows:7d} rows: peak RSS {rss:8.1f} MiB ({secs:.0f} s)", flush=True)
-            small, big = mem.values()
-            print(f"ratio {big / small:.3f} (goal <= 1.2)")
-            results["memory"] = {"rows": list(mem), "peak_rss_mib": [round(v, 1) for v in mem.values()],
-                                 "ratio": round(big / small, 3)}
+            results["memory"] = memory_runs(args, corpora[0], model, precisions[-1], threads, tmp)
     print(f"\ncpu load after: {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:

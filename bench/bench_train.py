@@ -1,7 +1,7 @@
 """Train the committed recipes and the Hugging Face `run_ner.py` baseline side by side, on one machine.
 
     pip install -e ".[bench]"          # accelerate, for the HF Trainer baseline
-    python bench/bench_train.py --data ../shared/data/conll03-iob-pos.json --out bench/runs \
+    python bench/bench_train.py --data ../shared/data/conll03-iob-pos.json --out bench/runs \\
         [--which hf,bert,bilstm] [--threads 2]
 
 * ``hf``: the `run_ner.py` recipe with the same encoder (the offline MiniLM-L6 by default): first-piece

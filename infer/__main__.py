@@ -12,9 +12,9 @@ label, text, score>>`` (character offsets into the original text, end
 exclusive; ``text == original[start:end]``).  Re-running the same command
 resumes; see infer/runner.py for sharding (torchrun ranks, SLURM arrays).
 
-Exit codes: 0 done; 2 bad input or options (one line); 4 some input files were skipped
-(--on-bad-file skip; listed in OUT/_summary.json); 5 parts are left that other live processes
-hold (see --wait-for-others); see docs/failures.md.
+Exit codes: 0 done; 2 bad input or options (one line); 4 the system refused a read or write
+(one line naming the path); 5 parts are left that other live processes hold (see --wait-for-others);
+6 some input files were skipped (--on-bad-file skip; listed in OUT/_summary.json); see docs/failures.md.
 """
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ declared(_columns, Allowed(nonempty=True), ",", "columns")
 _at_least = at_least
 
 
+# long but flat: one declaration per flag, in the order --help lists them
 def parse_args(argv=None):
-    p = Parser(prog="ner-tag", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command line (``argv``: ``sys.argv[1:]`` when None)."""
+    p = Parser(prog="ner-tag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=text,
                    help="export folder written by ner-train (RUN/export), or a Hugging Face token-classification "
                         "model folder or hub id (IOB/IOB2/BIOES id2label)")
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
 
 def _status(code: int, rank: int) -> int:
     """``code``, also written to ``NER_TAG_STATUS_FILE`` by rank 0 when set: torchrun turns any worker's
-    non-zero exit into its own 1, and slurm/tag.sbatch reads the real one (2, 4 or 5) from there."""
+    non-zero exit into its own 1, and slurm/tag.sbatch reads the real one (2, 4, 5 or 6) from there."""
     path = os.environ.get("NER_TAG_STATUS_FILE")
     if path and rank == 0:
         try:

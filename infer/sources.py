@@ -163,48 +163,13 @@ def discover(inputs: Sequence[str], text_column: str, columns: Sequence[str] | N
     first file only, which would drop the columns that file lacks).  A bad file (unreadable, no text
     column, a text column that is not a string, columns that do not fit) is an InputError; with a ``bad``
     list it is appended there as ``{"path", "error"}`` and left out instead."""
-    sources: list[Source] = []
-    seen = set()
     try:
         datasets = _datasets(inputs)
     except (pa.ArrowInvalid, OSError) as e:
         if bad is None or not isinstance(e, pa.ArrowInvalid):
             raise InputError(f"cannot read the input {list(inputs)} as Parquet: {e}") from None
         datasets = _datasets_one_by_one(inputs, bad)
-
-    def reject(path: str, message: str) -> None:
-        if bad is None:
-            raise InputError(message)
-        bad.append({"path": os.path.abspath(path), "error": message})
-
-    schemas = []
-    for d in datasets:
-        fragments = sorted(d.get_fragments(), key=lambda f: f.path)
-        for frag in fragments:
-            name = fs.uri_of(frag.path, getattr(d, "filesystem", None))  # local paths as they are
-            path = fs.abspath(name)
-            if path in seen:
-                continue
-            seen.add(path)
-            try:
-                physical = frag.physical_schema
-                frag.ensure_complete_metadata()
-                rg_rows = [rg.num_rows for rg in frag.row_groups]
-                fingerprint = file_fingerprint(name, physical, rg_rows)
-            except (pa.ArrowInvalid, OSError) as e:
-                reject(frag.path, f"{frag.path}: not a readable Parquet file: {e}")
-                continue
-            field = physical.field(text_column) if text_column in physical.names else None
-            if field is None:
-                reject(frag.path, f"{frag.path}: no text column {text_column!r} (columns: {physical.names}); "
-                                  "choose it with --text-column")
-                continue
-            if not _is_string(field.type):
-                reject(frag.path, f"{frag.path}: text column {text_column!r} has type {field.type}, "
-                                  "expected a string column; choose another with --text-column")
-                continue
-            sources.append(Source(name, frag, physical, rg_rows, fingerprint))
-            schemas.append((name, _file_schema(physical, d)))
+    sources, schemas = _checked_sources(datasets, text_column, bad)
     if not sources:
         if bad:
             raise InputError(f"every input file is bad ({len(bad)}; the first: {bad[0]['error']})")
@@ -214,6 +179,60 @@ def discover(inputs: Sequence[str], text_column: str, columns: Sequence[str] | N
     if bad is not None and len(bad) > n_bad:  # files left out by _unify
         dropped = {b["path"] for b in bad[n_bad:]}
         sources = [s for s in sources if os.path.abspath(s.path) not in dropped]
+    columns = _carried_columns(unified, text_column, columns)
+    for s in sources:
+        s.schema = unified
+    return sources, columns
+
+
+def _checked_sources(datasets: list[ds.Dataset], text_column: str,
+                     bad: list | None) -> tuple[list[Source], list[tuple[str, pa.Schema]]]:
+    """Every file of the datasets once, checked on its own -> the good ones and their schemas (a bad one
+    raises, or with a ``bad`` list is listed there)."""
+    sources: list[Source] = []
+    schemas = []
+    seen = set()
+    for d in datasets:
+        fragments = sorted(d.get_fragments(), key=lambda f: f.path)
+        for frag in fragments:
+            name = fs.uri_of(frag.path, getattr(d, "filesystem", None))  # local paths as they are
+            path = fs.abspath(name)
+            if path in seen:
+                continue
+            seen.add(path)
+            source = _checked_source(frag, name, text_column)
+            if isinstance(source, str):
+                if bad is None:
+                    raise InputError(source)
+                bad.append({"path": os.path.abspath(frag.path), "error": source})
+                continue
+            sources.append(source)
+            schemas.append((name, _file_schema(source.schema, d)))
+    return sources, schemas
+
+
+def _checked_source(frag, name: str, text_column: str) -> Source | str:
+    """One file's metadata read and its text column checked -> its :class:`Source` (with its own schema), or
+    what is wrong with it."""
+    try:
+        physical = frag.physical_schema
+        frag.ensure_complete_metadata()
+        rg_rows = [rg.num_rows for rg in frag.row_groups]
+        fingerprint = file_fingerprint(name, physical, rg_rows)
+    except (pa.ArrowInvalid, OSError) as e:
+        return f"{frag.path}: not a readable Parquet file: {e}"
+    field = physical.field(text_column) if text_column in physical.names else None
+    if field is None:
+        return (f"{frag.path}: no text column {text_column!r} (columns: {physical.names}); "
+                "choose it with --text-column")
+    if not _is_string(field.type):
+        return (f"{frag.path}: text column {text_column!r} has type {field.type}, "
+                "expected a string column; choose another with --text-column")
+    return Source(name, frag, physical, rg_rows, fingerprint)
+
+
+def _carried_columns(unified: pa.Schema, text_column: str, columns: Sequence[str] | None) -> list[str]:
+    """The output's carried columns (``None``: every column but the text), each checked to be in the input."""
     if columns is None:
         columns = [n for n in unified.names if n != text_column]
     else:
@@ -224,9 +243,7 @@ def discover(inputs: Sequence[str], text_column: str, columns: Sequence[str] | N
     if "entities" in columns:
         raise InputError("the input has a column named 'entities', which the output adds; "
                          "leave it out with --keep-columns")
-    for s in sources:
-        s.schema = unified
-    return sources, list(columns)
+    return list(columns)
 
 
 def _datasets_one_by_one(inputs: Sequence[str], bad: list) -> list[ds.Dataset]:

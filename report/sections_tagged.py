@@ -40,9 +40,19 @@ def _ratio(a: int, b: int) -> str:
 
 
 def build_tagged_document(rep: dict) -> Document:
-    (na, oa), (nb, ob) = rep["outputs"].items()
-    ea, eb = md_escape(na), md_escape(nb)
+    """The whole document: the two outputs, then span agreement, entities per label and disagreements."""
+    (na, _), (nb, _) = rep["outputs"].items()
     doc = Document(f"NER tagging comparison: {na} vs {nb}")
+    _outputs_section(doc, rep, na)
+    _agreement_section(doc, rep, na, nb)
+    _counts_section(doc, rep, na, nb)
+    _disagreements_section(doc, rep, na, nb)
+    return doc
+
+
+def _outputs_section(doc: Document, rep: dict, na: str) -> None:
+    """The opening paragraph, the table of the two outputs and the comparison's notes."""
+    ea = md_escape(na)
     doc.para(f"Generated {rep['generated']} by `ner-report --tagged`. Two `ner-tag` outputs of the same input "
              f"({rep['rows']:,} rows) compared row by row; **{ea}** (A) is the reference.")
     doc.table(["Output", "Folder", "Model", "Model type", "Rows", "Parts", "Entities"],
@@ -52,6 +62,10 @@ def build_tagged_document(rep: dict) -> Document:
     for note in rep["notes"]:
         doc.para(f"Note: {md_escape(note)}.")
 
+
+def _agreement_section(doc: Document, rep: dict, na: str, nb: str) -> None:
+    """Section 1: agreement per scheme, then per label."""
+    ea, eb = md_escape(na), md_escape(nb)
     doc.heading(2, "1. Span agreement")
     ag = rep["agreement"]
     doc.para(f"Entities of a row are paired one to one (same span first, then the largest overlap; character "
@@ -74,6 +88,10 @@ def build_tagged_document(rep: dict) -> Document:
                + [pct(ag[s]["per_type"][t][k]) for s in ("strict", "partial") for k in ("precision", "recall", "f1")]
                for t in types])
 
+
+def _counts_section(doc: Document, rep: dict, na: str, nb: str) -> None:
+    """Section 2: each output's entities per label and in all."""
+    ea, eb = md_escape(na), md_escape(nb)
     doc.heading(2, "2. Entities per label")
     rows = []
     for t, c in rep["entity_counts"].items():
@@ -82,6 +100,10 @@ def build_tagged_document(rep: dict) -> Document:
     rows.append(["**all**", f"**{ta:,}**", f"**{tb:,}**", f"{tb - ta:+,}", _ratio(ta, tb)])
     doc.table(["Label", ea, eb, f"{eb} − {ea}", f"{eb} / {ea}"], rows)
 
+
+def _disagreements_section(doc: Document, rep: dict, na: str, nb: str) -> None:
+    """Section 3: the disagreements by kind, and examples of each in context."""
+    ea, eb = md_escape(na), md_escape(nb)
     doc.heading(2, "3. Disagreements")
     dis = rep["disagreements"]
     doc.para("Every entity of either output that is not matched by the same span with the same label in the other, "
@@ -104,4 +126,3 @@ def build_tagged_document(rep: dict) -> Document:
             ctx = x.get("context")
             ex.append([cap, f"{ea}: " + _line(x["a"], ctx), f"{eb}: " + _line(x["b"], ctx)])
         doc.examples(ex)
-    return doc

@@ -33,21 +33,15 @@ def timed(fn, calls: int) -> float:
     return (time.perf_counter() - t0) / calls * 1000
 
 
-def main():
-    p = recipe_arguments(__doc__)
-    p.add_argument("--batches", type=int, default=30)
-    p.add_argument("--rounds", type=int, default=2)
-    args = p.parse_args()
-
+def crf_variants(args) -> tuple[dict, int]:
+    """The CRF loss on the recipe's first ``--batches`` batches, one callable per implementation -> them and the
+    number of batches."""
     import torch
-    from torch import nn
     from torchcrf import CRF
 
     from common.batching import collate_windows
     from taggers.decoding import compact
-    from taggers.dropout import eager_fast_dropout, fast_dropout
 
-    torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="train_micro_") as tmp:
         trainer = recipe_trainer(args, f"{tmp}/run")
         crf = trainer.model.crf
@@ -66,8 +60,16 @@ def main():
                 (-likelihood(em, tags, mask)).sum().backward()
         return run
 
-    crf_variants = {"pytorch-crf": crf_loss(lambda em, t, m: CRF.forward(crf, em, t, mask=m, reduction="none")),
-                    "scaled forward-backward": crf_loss(crf)}
+    return {"pytorch-crf": crf_loss(lambda em, t, m: CRF.forward(crf, em, t, mask=m, reduction="none")),
+            "scaled forward-backward": crf_loss(crf)}, len(rows)
+
+
+def attention_variants() -> dict:
+    """One layer's attention with padding under bf16 autocast, one callable per way of adding the mask."""
+    import torch
+    from torch import nn
+
+    from taggers.dropout import eager_fast_dropout, fast_dropout
 
     b, h, t, d = 16, 12, 128, 32
     q, k, v = (torch.randn(b, h, t, d, requires_grad=True) for _ in range(3))
@@ -87,15 +89,29 @@ def main():
             out.float().sum().backward()
         return run
 
-    attention_variants = {"fp32 mask (as transformers passes it)": attention(fp32_mask),
-                          "eager_fast_dropout (mask cast)": attention(
-                              lambda: eager_fast_dropout(layer, q, k, v, mask, dropout=0.1)[0])}
+    return {"fp32 mask (as transformers passes it)": attention(fp32_mask),
+            "eager_fast_dropout (mask cast)": attention(
+                lambda: eager_fast_dropout(layer, q, k, v, mask, dropout=0.1)[0])}
+
+
+def main():
+    """Both comparisons, ``--rounds`` times, printed."""
+    p = recipe_arguments(__doc__)
+    p.add_argument("--batches", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+
+    import torch
+
+    torch.manual_seed(0)
+    crf, n_batches = crf_variants(args)
+    attention = attention_variants()
     torch.set_num_threads(args.threads)
     for r in range(args.rounds):
-        for name, fn in crf_variants.items():
-            ms = timed(fn, 1) / len(rows)
-            print(f"round {r + 1}  CRF loss, {len(rows)} batches  {name:40s} {ms:7.2f} ms a batch", flush=True)
-        for name, fn in attention_variants.items():
+        for name, fn in crf.items():
+            ms = timed(fn, 1) / n_batches
+            print(f"round {r + 1}  CRF loss, {n_batches} batches  {name:40s} {ms:7.2f} ms a batch", flush=True)
+        for name, fn in attention.items():
             print(f"round {r + 1}  attention, one layer           {name:40s} {timed(fn, 10):7.2f} ms", flush=True)
 
 
