@@ -248,26 +248,30 @@ def _confusion_hint(m: dict) -> str | None:
 
 def _unseen_hint(m: dict) -> str | None:
     """F1 on entities unseen in training well below seen ones."""
-    su = m.get("breakdowns", {}).get("seen_in_train")
-    if not (su and su["seen"]["num_gold"] and su["unseen"]["num_gold"]):
+    su, gap = _breakdown_gap(m, "seen_in_train", "seen", "unseen")
+    if su is None:
         return None
-    gap = su["seen"]["f1"] - su["unseen"]["f1"]
     share = su["unseen"]["num_gold"] / (su["seen"]["num_gold"] + su["unseen"]["num_gold"])
-    if not gap > 0.02:
-        return None
     return (f"F1 on entities unseen in training is {_pct(su['unseen']['f1'])} against "
             f"{_pct(su['seen']['f1'])} on seen ones (a {_pct(gap)}-point gap; {_pct(share)}% of the gold "
             f"entities are unseen): generalisation beyond memorised names is the lever "
             f"(pre-trained representations, character features, gazetteers or more varied data).")
 
 
+def _breakdown_gap(m: dict, name: str, good: str, bad: str) -> tuple[dict | None, float]:
+    """A breakdown whose ``bad`` bucket scores more than 2 points of F1 below its ``good`` one, and the gap;
+    ``(None, 0.0)`` when either bucket has no gold entity or the gap is smaller."""
+    b = m.get("breakdowns", {}).get(name)
+    if not (b and b[good]["num_gold"] and b[bad]["num_gold"]):
+        return None, 0.0
+    gap = b[good]["f1"] - b[bad]["f1"]
+    return (b, gap) if gap > 0.02 else (None, 0.0)
+
+
 def _casing_hint(m: dict) -> str | None:
     """All-caps sentences well below mixed-case ones."""
-    cs = m.get("breakdowns", {}).get("casing")
-    if not (cs and cs["all caps"]["num_gold"] and cs["mixed case"]["num_gold"]):
-        return None
-    gap = cs["mixed case"]["f1"] - cs["all caps"]["f1"]
-    if not gap > 0.02:
+    cs, gap = _breakdown_gap(m, "casing", "mixed case", "all caps")
+    if cs is None:
         return None
     return (f"all-caps sentences score F1 {_pct(cs['all caps']['f1'])} against "
             f"{_pct(cs['mixed case']['f1'])} for mixed case ({_pct(gap)} points; "

@@ -419,10 +419,16 @@ def test_single_run_without_data(synthetic_runs, tmp_path):
     assert "Seen/unseen: n/a" in (out / "report.md").read_text()
 
 
-@pytest.mark.slow
-def test_export_scores_fold_when_predictions_are_missing(tiny_exports, tiny_data_json, tmp_path):
+def _export_only(tiny_exports, tmp_path):
+    """A copy of the tiny BiLSTM run without its saved predictions (the report scores its export)."""
     run = tmp_path / "bilstm_export_only"
     shutil.copytree(tiny_exports["bilstm"], run, ignore=shutil.ignore_patterns("predictions", "checkpoints"))
+    return run
+
+
+@pytest.mark.slow
+def test_export_scores_fold_when_predictions_are_missing(tiny_exports, tiny_data_json, tmp_path):
+    run = _export_only(tiny_exports, tmp_path)
     out = tmp_path / "rep"
     assert main([str(tiny_exports["bilstm"]), str(run), "--data", str(tiny_data_json), "--out", str(out),
                  "--names", "saved,export"]) == 0
@@ -454,8 +460,7 @@ def test_precision_check(tiny_exports, tiny_data_json, tmp_path):
 @pytest.mark.slow
 def test_max_tokens_batches_the_export_without_changing_its_tags(tiny_exports, tiny_data_json, tmp_path):
     """--max-tokens 8 (a window or two a batch): the export's tags equal the run's saved predictions."""
-    run = tmp_path / "bilstm_export_only"
-    shutil.copytree(tiny_exports["bilstm"], run, ignore=shutil.ignore_patterns("predictions", "checkpoints"))
+    run = _export_only(tiny_exports, tmp_path)
     out = tmp_path / "rep"
     assert main([str(tiny_exports["bilstm"]), str(run), "--data", str(tiny_data_json), "--out", str(out),
                  "--names", "saved,export", "--max-tokens", "8"]) == 0
