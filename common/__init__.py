@@ -2,6 +2,7 @@
 
 * :mod:`common.data` / :mod:`common.labels` -- labelled data (JSON, CoNLL files) and its label set;
 * :mod:`common.encoding` / :mod:`common.batching` -- words to word-piece windows, token-budget batches;
+  :mod:`common.word_features` -- a word's casing class and characters, beside its pieces;
 * :mod:`common.spans` / :mod:`common.metrics` / :mod:`common.partial_match` / :mod:`common.bootstrap` --
   entity spans and their scores;
 * :mod:`common.distributed` -- distributed set-up and logging; :mod:`common.heartbeat` -- names the rank

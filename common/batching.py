@@ -23,7 +23,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .encoding import CASE_PAD, IGNORE_INDEX, MAX_WORD_CHARS, EncodedWindow
+from .encoding import IGNORE_INDEX, EncodedWindow
+from .word_features import CASE_PAD, MAX_WORD_CHARS
 
 
 def token_budget_batches(lengths: Sequence[int], max_tokens: int, shuffle: bool = True, seed: int = 0,

@@ -22,7 +22,7 @@ Conventions (the same everywhere in the project):
   [words, labels]); its first pieces get them, its continuation pieces the same with ``B-X`` moved to
   ``I-X`` (the tag rule above), as ``EncodedWindow.soft``;
 * optional character features (``char_features``): every piece carries the characters of its word
-  (:func:`char_rows`, case kept), so that a character encoder sees the whole word on each of its pieces;
+  (:func:`common.word_features.char_rows`, case kept), so that a character encoder sees the whole word on each of its pieces;
 * optional document packing: consecutive sentences of one document that fit
   together share one window, each of them labelled and predicted there (its
   neighbours are its context, at no extra compute per labelled piece).  A
@@ -40,54 +40,9 @@ from typing import Sequence
 import numpy as np
 
 from .data import OUTSIDE, Sentence, split_tag
+from .word_features import CASE_PAD, MAX_WORD_CHARS, casing_class, word_char_rows
 
 IGNORE_INDEX = -100
-
-# Casing classes of a word, computed from the original text (the default encoder is uncased).
-CASING_CLASSES = ("pad", "lower", "title", "upper", "mixed", "digits", "other")
-CASE_PAD, CASE_LOWER, CASE_TITLE, CASE_UPPER, CASE_MIXED, CASE_DIGITS, CASE_OTHER = range(7)
-
-
-# Character features: the first MAX_WORD_CHARS characters of a word, each as an id of a table of CHAR_VOCAB
-# rows (0 = no character): code points 1-255 keep their own row, all others share rows 256-511 by code point.
-MAX_WORD_CHARS = 20
-CHAR_VOCAB = 512
-
-
-def char_rows(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """int16 [words, MAX_WORD_CHARS]: the character ids of the words ``codes[starts[i]:ends[i]]`` (code points),
-    cut after MAX_WORD_CHARS characters, 0 after a word's end.  The windower and the batch tagger both call it,
-    so training and tagging see the same ids."""
-    starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
-    at = starts[:, None] + np.arange(MAX_WORD_CHARS)[None, :]
-    inside = at < ends[:, None]
-    c = codes[np.where(inside, at, 0)].astype(np.int64) if len(codes) else np.zeros(at.shape, dtype=np.int64)
-    ids = np.where((c > 0) & (c < 256), c, 256 + c % 256)
-    return np.where(inside, ids, 0).astype(np.int16)
-
-
-def word_char_rows(words: Sequence[str]) -> np.ndarray:
-    """:func:`char_rows` of a list of words (Python strings)."""
-    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-    ends = np.cumsum(lengths)
-    codes = np.frombuffer("".join(words).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    return char_rows(codes, ends - lengths, ends)
-
-
-def casing_class(word: str) -> int:
-    """The casing class of a word: all-lower / Title / ALL-CAPS / mixed / digits / other."""
-    letters = [c for c in word if c.isalpha()]
-    if not letters:
-        return CASE_DIGITS if any(c.isdigit() for c in word) else CASE_OTHER
-    if all(c.islower() for c in letters):
-        return CASE_LOWER
-    if all(c.isupper() for c in letters):
-        # a one-letter capital ("I", "A") reads as Title, not shouting
-        return CASE_TITLE if len(letters) == 1 else CASE_UPPER
-    if letters[0].isupper() and all(c.islower() for c in letters[1:]):
-        return CASE_TITLE
-    return CASE_MIXED
-
 
 @dataclass
 class EncodedWindow:

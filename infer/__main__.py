@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
     setup_logging(rank, args.log_level)
     from taggers.export import ExportError
-    from taggers.models import quiet_transformers
+    from taggers.loading import quiet_transformers
 
     from .output import OutputError
     from .options import PROCESS_GROUP_TIMEOUT_S, WAIT_FOR_OTHERS_S, TagOptions

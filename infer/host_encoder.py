@@ -1,6 +1,22 @@
 """The host side of the batch tagger: a buffer of raw texts to padded model batches, with no Python object
 per word (see :mod:`infer.tagger` for the whole path).  :class:`HostEncoder` pickles, so host worker processes
-(:mod:`infer.host_workers`) can run it; it imports no torch until batches are made.
+(:mod:`infer.host_workers`) can run it; it imports no torch until batches are made.  A buffer goes through:
+
+- words with exact offsets for all texts at once (:func:`infer.word_arrays.split_texts`, the rules of
+  :mod:`infer.words`), and their casing classes;
+- word pieces: for BERT-style tokenizers (the project's default) a word's pieces do not depend on its
+  neighbours, so each distinct word is encoded once per process (:class:`_Vocabulary`); new words are encoded
+  joined by single spaces in a few large calls to the Rust tokenizer and every piece is assigned to its word
+  by its character offset (a piece that does not sit inside one word sends the buffer to the per-word
+  encoding, as any other tokenizer gets);
+- long texts: with ``chunking="sentences"`` (the default) cut at sentence-ish boundaries into chunks of up to
+  one window, every piece computed once; a "sentence" longer than a window, and every long text with
+  ``chunking="windows"``, split into overlapping windows, each word predicted where it has the most context
+  (``plan_windows``, ``assign_owners``).  Nothing is truncated or dropped;
+- windows (special tokens, FLERT context, ``word_index``/``scored``/``casing`` per piece, ``chars`` for a
+  model with character features) as one flat array, sorted by length, cut into token-budget batches, each
+  padded by one gather: the windows and batches of ``PieceWindower.windows`` + ``token_budget_batches`` +
+  ``collate_windows``, the training path.
 """
 
 from __future__ import annotations
@@ -11,7 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-from common.encoding import CASE_PAD, assign_owners, char_rows, plan_windows
+from common.encoding import assign_owners, plan_windows
+from common.word_features import CASE_PAD, char_rows
 
 from .vocabulary import Pieces, Vocabulary, distinct_words, joined_words_tokenizer
 from .word_arrays import WordBuffer, casing_classes, pack_chunks, ranges_index, sentence_bounds, split_texts
@@ -221,38 +238,11 @@ class HostEncoder:
         kept_before = np.zeros(len(kept) + 1, dtype=np.int64)
         np.cumsum(kept, out=kept_before[1:])
         chunk_size = kept_before[chunk_end] - kept_before[chunk_first]
-        # one window per chunk that fits (nearly all); planned, overlapping windows for the others
-        n_win = np.ones(len(chunk_first), dtype=np.int64)
-        planned = {}
-        for c in np.flatnonzero(chunk_size > budget).tolist():
-            a0, b0 = int(chunk_first[c]), int(chunk_end[c])
-            windows = plan_windows(kept[a0:b0].tolist(), budget, w.window_stride)
-            owners = np.array(assign_owners(windows, b0 - a0), dtype=np.int64)
-            used = np.unique(owners)  # a window that predicts no word is skipped
-            planned[c] = (np.array(windows, dtype=np.int64)[used] + a0, np.searchsorted(used, owners))
-            n_win[c] = len(used)
-        chunk_win = np.zeros(len(chunk_first), dtype=np.int64)  # each chunk's first window
-        np.cumsum(n_win[:-1], out=chunk_win[1:])
-        win_chunk = np.repeat(np.arange(len(chunk_first), dtype=np.int64), n_win)
-        win_a, win_b = chunk_first[win_chunk], chunk_end[win_chunk]
-        owner = np.repeat(chunk_win, chunk_end - chunk_first)  # the window that predicts each word
-        for c, (spans, local_owner) in planned.items():
-            k0 = int(chunk_win[c])
-            win_a[k0:k0 + len(spans)], win_b[k0:k0 + len(spans)] = spans[:, 0], spans[:, 1]
-            owner[chunk_first[c]:chunk_end[c]] = k0 + local_owner
+        win_chunk, win_a, win_b, owner = self._plan(kept, chunk_first, chunk_end, chunk_size)
         k = len(win_chunk)
         size = kept_before[win_b] - kept_before[win_a]
-        n_left = n_right = np.zeros(k, dtype=np.int64)
-        if w.context_pieces > 0:
-            room = budget - size
-            doc = chunk_row[win_chunk]
-            chunk_piece_start = pieces.first[chunk_first[win_chunk]]
-            chunk_piece_end = pieces.first[chunk_end[win_chunk]]
-            left_limit = np.minimum(w.context_pieces, room // 2 + room % 2)
-            before = chunk_piece_start - pieces.first[row_first_word[doc]]  # pieces of the row before the chunk
-            after = pieces.first[row_first_word[doc + 1]] - chunk_piece_end
-            n_left = np.where(room > 0, np.minimum(left_limit, before), 0)
-            n_right = np.where(room > 0, np.minimum(np.minimum(w.context_pieces, room - n_left), after), 0)
+        n_left, n_right = self._context_sizes(pieces, size, win_chunk, chunk_first, chunk_end, chunk_row,
+                                              row_first_word)
         n_cls = int(w.cls_id is not None)
         n_sep = int(w.sep_id is not None)
         length = n_cls + n_left + size + n_right + n_sep
@@ -292,10 +282,8 @@ class HostEncoder:
             for n_ctx, src_start, dst_start in (
                     (n_left, pieces.first[chunk_first[win_chunk]] - n_left, win_first[:-1] + n_cls),
                     (n_right, pieces.first[chunk_end[win_chunk]], win_first[:-1] + n_cls + n_left + size)):
-                src = ranges_index(src_start, src_start + n_ctx)
-                dst = ranges_index(dst_start, dst_start + n_ctx)
-                input_ids[dst] = pieces.ids[src]
-                case[dst] = casing[piece_word[src]]
+                src, dst = ranges_index(src_start, src_start + n_ctx), ranges_index(dst_start, dst_start + n_ctx)
+                input_ids[dst], case[dst] = pieces.ids[src], casing[piece_word[src]]
                 if word is not None:
                     word[dst] = piece_word[src]
         out = {"input_ids": input_ids, "casing": case, "word_index": word_index, "scored": scored,
@@ -303,6 +291,46 @@ class HostEncoder:
         if word is not None:
             out["word"] = word
         return out
+
+    def _plan(self, kept: np.ndarray, chunk_first: np.ndarray, chunk_end: np.ndarray, chunk_size: np.ndarray):
+        """Each window's chunk and word range, and the window that predicts each word: one window per chunk that
+        fits (nearly all); planned, overlapping windows for the others."""
+        budget = self.budget
+        n_win = np.ones(len(chunk_first), dtype=np.int64)
+        planned = {}
+        for c in np.flatnonzero(chunk_size > budget).tolist():
+            a0, b0 = int(chunk_first[c]), int(chunk_end[c])
+            windows = plan_windows(kept[a0:b0].tolist(), budget, self.window_stride)
+            owners = np.array(assign_owners(windows, b0 - a0), dtype=np.int64)
+            used = np.unique(owners)  # a window that predicts no word is skipped
+            planned[c] = (np.array(windows, dtype=np.int64)[used] + a0, np.searchsorted(used, owners))
+            n_win[c] = len(used)
+        chunk_win = np.zeros(len(chunk_first), dtype=np.int64)  # each chunk's first window
+        np.cumsum(n_win[:-1], out=chunk_win[1:])
+        win_chunk = np.repeat(np.arange(len(chunk_first), dtype=np.int64), n_win)
+        win_a, win_b = chunk_first[win_chunk], chunk_end[win_chunk]
+        owner = np.repeat(chunk_win, chunk_end - chunk_first)  # the window that predicts each word
+        for c, (spans, local_owner) in planned.items():
+            k0 = int(chunk_win[c])
+            win_a[k0:k0 + len(spans)], win_b[k0:k0 + len(spans)] = spans[:, 0], spans[:, 1]
+            owner[chunk_first[c]:chunk_end[c]] = k0 + local_owner
+        return win_chunk, win_a, win_b, owner
+
+    def _context_sizes(self, pieces: Pieces, size: np.ndarray, win_chunk: np.ndarray, chunk_first: np.ndarray,
+                       chunk_end: np.ndarray, chunk_row: np.ndarray, row_first_word: np.ndarray):
+        """Pieces of document context left and right of each window: up to ``context_pieces`` a side from its
+        row, in the room the window leaves (the left side first gets half of it)."""
+        zeros = np.zeros(len(win_chunk), dtype=np.int64)
+        if self.context_pieces <= 0:
+            return zeros, zeros
+        room = self.budget - size
+        doc = chunk_row[win_chunk]
+        left_limit = np.minimum(self.context_pieces, room // 2 + room % 2)
+        before = pieces.first[chunk_first[win_chunk]] - pieces.first[row_first_word[doc]]  # the row's, before
+        after = pieces.first[row_first_word[doc + 1]] - pieces.first[chunk_end[win_chunk]]
+        n_left = np.where(room > 0, np.minimum(left_limit, before), 0)
+        n_right = np.where(room > 0, np.minimum(np.minimum(self.context_pieces, room - n_left), after), 0)
+        return n_left, n_right
 
     # ------------------------------------------------------------------ batches
     def _batches(self, win: dict[str, np.ndarray]) -> tuple[list[dict[str, np.ndarray]], int, int]:

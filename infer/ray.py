@@ -81,7 +81,7 @@ class NerTagger:
         import torch
 
         from common.distributed import resolve_device
-        from taggers.models import quiet_transformers
+        from taggers.loading import quiet_transformers
         from taggers.precision import resolve_precision
 
         from .options import TagOptions

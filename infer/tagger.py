@@ -3,32 +3,8 @@
 The work is split in two so that the CPU part runs beside the model (see :mod:`infer.runner`):
 
 * :class:`HostEncoder` (CPU, no model, picklable: it also runs in worker processes) turns a buffer of
-  texts into model batches with a few numpy passes over flat arrays, never a Python object per word,
-  window or sentence:
-
-  - words with exact offsets for all texts at once (:func:`infer.word_arrays.split_texts`: the rules of
-    :mod:`infer.words`), their casing classes (:func:`infer.word_arrays.casing_classes`);
-  - word pieces: for BERT-style tokenizers (BERT normaliser and pre-tokeniser, the project's default) a
-    word's pieces do not depend on its neighbours, so each distinct word is encoded once per process (the
-    words met so far keep their pieces: :class:`_Vocabulary`); new words are encoded joined by single
-    spaces, in a few large calls to the Rust tokenizer, and every piece is assigned to its word by its
-    character offset (a space cuts the pre-tokens exactly where per-word encoding, ``is_split_into_words``,
-    cuts them, so the pieces are the same; a piece that does not sit inside one word sends the buffer to
-    the per-word encoding).  Any other tokenizer gets the per-word encoding itself, sentence by sentence
-    as the windower calls it;
-  - long texts (more word pieces than the model's window): with ``chunking="sentences"`` (the default) cut
-    at sentence-ish boundaries (:func:`infer.word_arrays.sentence_bounds`, :func:`infer.word_arrays.pack_chunks`) into
-    chunks that each fill up to one window (``chunk_pieces``, default the whole window), so every piece is
-    computed once and every word keeps up to a window of context; a single "sentence" longer than a
-    window, and every long text with ``chunking="windows"``, is split into overlapping windows (each word
-    predicted from the window where it has the most context; ``common.encoding.plan_windows`` and
-    ``assign_owners``).  Nothing is truncated or dropped.  Texts that fit in one window are never cut;
-  - windows (special tokens, FLERT context, ``word_index``/``scored``/``casing`` per piece, and ``chars`` for a
-    model with character features) as one flat array, sorted by length and cut into token-budget batches, each
-    padded by one fancy-indexing gather.
-
-  The windows and batches are exactly those of ``PieceWindower.windows`` + ``token_budget_batches`` +
-  ``collate_windows`` (the training code path, which stays as it is).
+  texts into model batches with a few numpy passes over flat arrays, never a Python object per word, window
+  or sentence; the same windows and batches as training's windower (:mod:`infer.host_encoder` says how);
 * :meth:`TextTagger.run` (model): the project's one prediction path
   (:func:`taggers.predict.predict_on_device`), then IOB2/BIOES word tags are read as spans the conlleval way
   (seqeval's ``get_entities``, as a transition table over all words at once) where the predictions are, on

@@ -2,7 +2,7 @@
 
 What :mod:`infer.tagger` uses, with the rules of :mod:`infer.words`; the per-text functions of
 ``tests/reference_words.py`` are the reference these are tested against: :func:`split_texts` (words,
-:class:`WordBuffer`), :func:`casing_classes` (``common.encoding.casing_class`` of every word),
+:class:`WordBuffer`), :func:`casing_classes` (``common.word_features.casing_class`` of every word),
 :func:`sentence_bounds` and :func:`pack_chunks` (``sentence_chunks``).
 """
 
@@ -243,8 +243,8 @@ def split_texts(texts: Sequence[str | None]) -> WordBuffer:
 
 
 def casing_classes(buf: WordBuffer) -> np.ndarray:
-    """``common.encoding.casing_class`` of every word (uint8), from per-character counts."""
-    from common.encoding import CASE_DIGITS, CASE_LOWER, CASE_MIXED, CASE_OTHER, CASE_TITLE, CASE_UPPER
+    """``common.word_features.casing_class`` of every word (uint8), from per-character counts."""
+    from common.word_features import CASE_DIGITS, CASE_LOWER, CASE_MIXED, CASE_OTHER, CASE_TITLE, CASE_UPPER
 
     _, flag_table = char_tables()
     ws, we = buf.word_start, buf.word_end

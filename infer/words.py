@@ -102,7 +102,7 @@ CLOSERS = frozenset("\"')]}\u2019\u201d")
 
 # ====================================================================== whole buffers at once (numpy)
 # infer.word_arrays gives the same words, casing classes and chunks as the per-text reference
-# (tests/reference_words.py) and common.encoding.casing_class, for a whole buffer of texts at once: the texts
+# (tests/reference_words.py) and common.word_features.casing_class, for a whole buffer of texts at once: the texts
 # are joined by newlines into one array of code points, every rule is evaluated for all characters in a few numpy passes over per-code-point tables,
 # and the Python regular expression only sees the rare stretches where its finer rules decide (see
 # word_spans: abbreviations, stray marks; one segment per 240 words of news text).

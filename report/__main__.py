@@ -43,7 +43,7 @@ from common.io import atomic_write, write_json
 from common.rundir import RunFolder
 
 from . import errors
-from .analysis import disagreement_hint, improvement_hints
+from .hints import disagreement_hint, improvement_hints
 from .document import build_document
 from .figures import make_figures
 from .runs import ReportError, precision_check, resolve_device, unique_names

@@ -213,7 +213,7 @@ def _breakdowns(doc: Document, number: int, ctx: Context) -> None:
 
 
 def _hints(doc: Document, number: int, ctx: Context) -> None:
-    """The improvement hints of :func:`report.analysis.improvement_hints`."""
+    """The improvement hints of :func:`report.hints.improvement_hints`."""
     doc.heading(2, ctx.title(number, "Improvement hints"))
     doc.para("Generated from the numbers above; each holds only because the data says so.")
     doc.bullets(ctx.an["hints"] or ["No gap or error class stands out."])

@@ -28,7 +28,8 @@ from common.io import atomic_write, writing
 
 from . import hf
 from .config import ModelConfig, without_removed_options
-from .models import TAGGERS, WEIGHTS, ExportError, TaggerBase, load_failure, quiet_transformers
+from .loading import ExportError, load_failure, quiet_transformers
+from .models import TAGGERS, WEIGHTS, TaggerBase
 
 FORMAT_VERSION = 1
 NER_CONFIG = "ner_config.json"

@@ -34,7 +34,7 @@ from torch import nn
 
 from common.encoding import IGNORE_INDEX, PieceWindower
 
-from .models import ExportError, load_failure, quiet_transformers
+from .loading import ExportError, load_failure, quiet_transformers
 from .precision import register_eager_masks
 
 log = logging.getLogger(__name__)

@@ -7,56 +7,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from common.encoding import CASING_CLASSES, CHAR_VOCAB, IGNORE_INDEX
+from common.encoding import IGNORE_INDEX
+from common.word_features import CASING_CLASSES
 
+from .char_cnn import CharCNN
 from .config import ModelConfig
 from .decoding import ConstrainedCRF, compact, crf_marginals, iob2_allowed, iob2_penalties, viterbi
+from .loading import ExportError, encoder_config, quiet_transformers
 from .precision import register_eager_masks
 
 WEIGHTS = "model.safetensors"
-
-
-class ExportError(ValueError):
-    """An export (or a model to build) that cannot be used; the message names the path and the problem."""
-
-
-_SIZE_MISMATCH = re.compile(r"size mismatch for ([\w.]+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) "
-                            r"from checkpoint, the shape in current model is torch\.Size\(\[([\d, ]*)\]\)")
-
-
-def load_failure(e: BaseException) -> str:
-    """Why loading weights failed, in full on one line: torch's size mismatches listed as ``NAME: [9, 32] in
-    the weights, [11, 32] in the model`` (torch's message puts them on the lines after its first)."""
-    text = " ".join(str(e).split())
-    mismatches = [f"{name}: [{saved}] in the weights, [{wanted}] in the model"
-                  for name, saved, wanted in _SIZE_MISMATCH.findall(text)]
-    if mismatches:
-        return "size mismatch: " + "; ".join(mismatches)
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def quiet_transformers() -> None:
-    """Hugging Face's load-time warnings and progress bars say nothing a tagger user can act on."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-def encoder_config(encoder_path: str):
-    """The pre-trained encoder's Hugging Face config; ExportError when it cannot be read."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(encoder_path)
-    except (OSError, ValueError) as e:
-        raise ExportError(f"model.encoder {encoder_path!r}: cannot load its config: {e}") from None
 
 
 class TaggerBase(nn.Module):
@@ -337,28 +302,6 @@ class BertTagger(TaggerBase):
         enc = list(self.encoder.parameters())
         ids = {id(p) for p in enc}
         return {"encoder": enc, "head": [p for p in self.parameters() if id(p) not in ids]}
-
-
-class CharCNN(nn.Module):
-    """A word's characters to one vector (Ma and Hovy 2016): character embeddings, one convolution of width 3,
-    max-pooled over the word's characters.  Its input holds, per piece, the characters of the piece's word
-    (``common.encoding.char_rows``) rather than an index into a per-batch table of words: every encoding path
-    already works per piece, and convolving a word once per piece costs little next to the LSTM."""
-
-    embedding_dim = 30
-    width = 3
-
-    def __init__(self, out_dim: int):
-        super().__init__()
-        self.embedding = nn.Embedding(CHAR_VOCAB, self.embedding_dim, padding_idx=0)
-        self.conv = nn.Conv1d(self.embedding_dim, out_dim, self.width, padding=self.width // 2)
-
-    def forward(self, chars: torch.Tensor) -> torch.Tensor:  # [B, T, C] character ids -> [B, T, out_dim]
-        present = chars != 0
-        x = self.embedding(chars.long()).flatten(0, 1).transpose(1, 2)  # [B*T, E, C]
-        h = self.conv(x).unflatten(0, chars.shape[:2])  # [B, T, out_dim, C]
-        h = h.masked_fill(~present[:, :, None, :], float("-inf")).amax(-1)  # the pool sees no padding
-        return torch.where(present.any(-1, keepdim=True), h, 0.0)  # special tokens and padding: zeros
 
 
 class BiLSTMTagger(TaggerBase):

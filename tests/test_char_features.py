@@ -11,7 +11,8 @@ import torch
 
 from common.batching import collate_windows
 from common.data import Sentence
-from common.encoding import MAX_WORD_CHARS, PieceWindower, word_char_rows
+from common.encoding import PieceWindower
+from common.word_features import MAX_WORD_CHARS, word_char_rows
 from taggers.models import BiLSTMTagger
 
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]

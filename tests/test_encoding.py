@@ -9,7 +9,8 @@ import pytest
 
 from common.data import Sentence
 from common.labels import label_list, labels_for_types
-from common.encoding import (
+from common.encoding import EncodedWindow, PieceWindower, align_labels, assign_owners, plan_packs, plan_windows
+from common.word_features import (
     CASE_DIGITS,
     CASE_LOWER,
     CASE_MIXED,
@@ -17,13 +18,7 @@ from common.encoding import (
     CASE_PAD,
     CASE_TITLE,
     CASE_UPPER,
-    EncodedWindow,
-    PieceWindower,
-    align_labels,
-    assign_owners,
     casing_class,
-    plan_packs,
-    plan_windows,
 )
 
 LABELS = labels_for_types(["LOC", "MISC", "ORG", "PER"])

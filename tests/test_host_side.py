@@ -270,7 +270,7 @@ def fuzz_texts(seed: int, n: int = 400, alphabet=None, length: int = 40) -> list
                                    fuzz_texts(2, 3000, JOINER_ALPHABET, 16)],
                          ids=["tricky", "fuzz0", "fuzz1", "joiners"])
 def test_split_texts_and_casing_match_the_per_word_functions(texts):
-    from common.encoding import casing_class
+    from common.word_features import casing_class
     from infer.word_arrays import casing_classes, split_texts
     from tests.reference_words import split_words
 
