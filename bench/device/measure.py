@@ -174,7 +174,8 @@ def train_gpu_recipe(m: Measure) -> dict:
         return {}
     r = metrics(run)
     return {"tokens_per_s": round(r["train_tokens_per_s"]), "test_f1": round(100 * r["test"]["f1"], 2),
-            "valid_f1": round(100 * r["valid"]["f1"], 2), "test_f1_sentences": None,
+            "valid_f1": round(100 * r["valid"]["f1"], 2),
+            "test_f1_sentences": round(100 * r["test"].get("sentences_alone", r["test"])["f1"], 2),
             "command_s": round(secs, 1), "train_s": round(r["train_wall_s"], 1), "steps": r["steps"]}
 
 
